@@ -1,0 +1,1326 @@
+"""The run report: one self-contained HTML page that says what happened to every slide and model.
+
+A pipeline over a hospital archive fails quietly unless someone looks: a slide the reader could not
+open, an mpp guessed from a default, a tissue mask that missed half the section, an encoder that ran
+with random weights. This page puts those facts first (failures before anything else, with the
+reason each stage recorded), then the per-slide QC that lets a person check segmentation and the
+patch grid by eye, the cohort that came out of the join, and the cross-validated metrics.
+
+Inputs are the files the other stages write (see DESIGN.md). Only the slide status table is
+required; every other input may be absent or partial, and whatever is missing is shown as missing
+on the page, never skipped, so a failed slide can not disappear from the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from slotspe_pipe import __version__
+from slotspe_pipe import report_html as h
+from slotspe_pipe.store.atomic import write_text
+from slotspe_pipe.store.features import FeatureReader
+from slotspe_pipe.store.tiles import read_tiles
+from slotspe_pipe.store.zarr_group import StoreError
+
+log = logging.getLogger(__name__)
+
+THUMB_PX = 400  # max width of embedded slide thumbnails (keeps the page small)
+KM_PX = 560
+ATTENTION_PX = 420
+STAGES = ("preflight", "segmentation", "tiling", "extraction", "cohort")
+# Problem kinds, worst first: decides a slide's overall outcome and the row colour.
+KINDS = ("failed", "missing", "excluded")
+MODEL_ORDER = ("slotspe", "snn", "abmil", "coxph")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a slide did not make it through a stage."""
+
+    slide_id: str
+    stage: str  # one of STAGES
+    kind: str  # one of KINDS: the stage failed, its output is missing, or the cohort left it out
+    reason: str
+
+
+@dataclass
+class SlideQC:
+    """Everything the stages recorded about one slide (None where a stage left nothing)."""
+
+    slide_id: str
+    status: dict[str, Any]
+    preflight: dict[str, Any] | None = None
+    tissue: dict[str, Any] | None = None
+    tissue_thumbnail: Path | None = None
+    tiles: dict[str, Any] | None = None  # tiles store attrs plus "n" (patch count)
+    grid_png: Path | None = None
+    extraction: dict[str, Any] | None = None
+    feature_attrs: dict[str, Any] | None = None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> str:
+        """ok, or the worst problem kind (failed > missing > excluded)."""
+        kinds = {p.kind for p in self.problems}
+        return next((k for k in KINDS if k in kinds), "ok")
+
+    def fact(self, key: str) -> Any:
+        """A slide fact from the first stage that recorded it (status table, preflight, tiles)."""
+        for source in (self.status, self.preflight or {}, self.tiles or {}):
+            value = source.get(key)
+            if value not in (None, "") and not (isinstance(value, float) and math.isnan(value)):
+                return value
+        return None
+
+
+@dataclass
+class Cohort:
+    """The cohort directory's tables and summary, with whatever could not be read."""
+
+    path: Path | None
+    patients: pd.DataFrame | None = None
+    folds: pd.DataFrame | None = None
+    slides: pd.DataFrame | None = None
+    summary: dict[str, Any] | None = None
+    excluded_slides: list[tuple[str, str]] = field(default_factory=list)
+    excluded_patients: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        if self.summary:
+            for key in ("name", "cohort"):
+                if isinstance(self.summary.get(key), str):
+                    return self.summary[key]
+        return self.path.name if self.path else "(unknown cohort)"
+
+
+@dataclass
+class ModelRun:
+    """One model and seed: its summary over folds, KM plot and attention outputs."""
+
+    model: str
+    seed: int
+    path: Path
+    summary: dict[str, Any] | None
+    error: str | None
+    attention: list[tuple[int, Path]]  # (fold, png)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the run
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None), or (None, why) when the file is missing or is not a JSON object."""
+    if not path.is_file():
+        return None, f"missing: {path}"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return None, f"unreadable: {path} ({exc})"
+    if not isinstance(record, dict):
+        return None, f"unreadable: {path} (expected a JSON object, got {type(record).__name__})"
+    return record, None
+
+
+def read_status(path: Path) -> pd.DataFrame:
+    """The slide status table (STATUS.tsv from ``slide-status``); the report's list of slides."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: slide status table not found (written by slide-status)")
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    for column in ("slide_id", "status"):
+        if column not in table.columns:
+            raise ValueError(
+                f"{path}: column {column!r} missing (expected slide_id, status, reason, ...)"
+            )
+    return table
+
+
+def gather_slide(
+    row: dict[str, Any],
+    *,
+    preflight_dir: Path | None,
+    tissue_dir: Path | None,
+    tiles_dir: Path | None,
+    features_dir: Path | None,
+) -> SlideQC:
+    """Collect one slide's records from every stage directory; absences become Problems."""
+    sid = row["slide_id"]
+    qc = SlideQC(slide_id=sid, status=row)
+    if preflight_dir is not None:
+        qc.preflight, err = _read_json(preflight_dir / f"{sid}.json")
+        if err:
+            qc.warnings.append(f"preflight record {err}")
+        elif qc.preflight:
+            qc.warnings += [str(w) for w in qc.preflight.get("warnings") or []]
+    if row.get("status") != "ok":
+        reason = row.get("reason") or (qc.preflight or {}).get("reason") or "no reason recorded"
+        qc.problems.append(Problem(sid, "preflight", "failed", reason))
+        return qc  # later stages never ran for this slide; their absence is not news
+    if tissue_dir is not None:
+        _gather_tissue(qc, tissue_dir / sid)
+    if tiles_dir is not None:
+        _gather_tiles(qc, tiles_dir)
+    if features_dir is not None:
+        _gather_features(qc, features_dir)
+    return qc
+
+
+def _gather_tissue(qc: SlideQC, folder: Path) -> None:
+    if not folder.is_dir():
+        qc.problems.append(
+            Problem(qc.slide_id, "segmentation", "missing", f"tissue output missing: {folder}")
+        )
+        return
+    qc.tissue, err = _read_json(folder / "summary.json")
+    if err:
+        qc.warnings.append(f"tissue summary {err}")
+    thumb = folder / "thumbnail.png"
+    qc.tissue_thumbnail = thumb if thumb.is_file() else None
+
+
+def _gather_tiles(qc: SlideQC, tiles_dir: Path) -> None:
+    store = tiles_dir / f"{qc.slide_id}.zarr"
+    grid = tiles_dir / f"{qc.slide_id}.grid.png"
+    qc.grid_png = grid if grid.is_file() else None
+    if not store.exists():
+        qc.problems.append(
+            Problem(qc.slide_id, "tiling", "missing", f"tiles store missing: {store}")
+        )
+        return
+    try:
+        tiles = read_tiles(store)
+    except (StoreError, OSError, ValueError, KeyError) as exc:
+        qc.problems.append(
+            Problem(qc.slide_id, "tiling", "failed", f"tiles store unreadable: {exc}")
+        )
+        return
+    qc.tiles = {**tiles.attrs, "n": tiles.n}
+    if tiles.n == 0:
+        qc.problems.append(
+            Problem(
+                qc.slide_id,
+                "tiling",
+                "failed",
+                f"no patches passed min_tissue={tiles.attrs.get('min_tissue')} at "
+                f"{tiles.attrs.get('target_mpp')} µm/px",
+            )
+        )
+
+
+def _gather_features(qc: SlideQC, features_dir: Path) -> None:
+    record_path = features_dir / f"{qc.slide_id}.json"
+    qc.extraction, err = _read_json(record_path)
+    if err:
+        qc.problems.append(
+            Problem(qc.slide_id, "extraction", "missing", f"extraction record {err}")
+        )
+        return
+    if qc.extraction.get("status", "ok") != "ok":
+        reason = qc.extraction.get("reason") or "no reason recorded"
+        qc.problems.append(Problem(qc.slide_id, "extraction", "failed", reason))
+        return
+    store = features_dir / f"{qc.slide_id}.zarr"
+    if not store.exists():
+        qc.problems.append(
+            Problem(qc.slide_id, "extraction", "missing", f"feature store missing: {store}")
+        )
+        return
+    try:
+        reader = FeatureReader(store)
+    except (StoreError, OSError, ValueError, KeyError) as exc:
+        qc.problems.append(
+            Problem(qc.slide_id, "extraction", "failed", f"feature store unreadable: {exc}")
+        )
+        return
+    qc.feature_attrs = {**reader.attrs, "n": reader.n}
+    if qc.tiles is not None:
+        if reader.n != qc.tiles["n"]:
+            qc.warnings.append(f"feature store has {reader.n} rows, tiles store {qc.tiles['n']}")
+        tiles_hash = qc.tiles.get("settings_hash")
+        feat_hash = reader.attrs.get("tiles_settings_hash")
+        if tiles_hash and feat_hash and tiles_hash != feat_hash:
+            qc.warnings.append(
+                f"features were extracted from other tiles (settings hash {feat_hash} != {tiles_hash})"
+            )
+
+
+def gather_cohort(cohort_dir: Path | None) -> Cohort:
+    """Read patients.csv, folds.csv, slides.csv and summary.json, tolerating any of them missing."""
+    cohort = Cohort(path=cohort_dir)
+    if cohort_dir is None:
+        return cohort
+    if not cohort_dir.is_dir():
+        cohort.errors.append(f"cohort directory missing: {cohort_dir}")
+        return cohort
+    for name in ("patients", "folds", "slides"):
+        path = cohort_dir / f"{name}.csv"
+        if not path.is_file():
+            cohort.errors.append(f"{name}.csv missing: {path}")
+            continue
+        try:
+            frame = pd.read_csv(path, dtype={"case_id": str, "slide_id": str, "slide_ids": str})
+        except (OSError, ValueError) as exc:
+            cohort.errors.append(f"{path}: unreadable ({exc})")
+            continue
+        setattr(cohort, name, frame)
+    cohort.summary, err = _read_json(cohort_dir / "summary.json")
+    if err:
+        cohort.errors.append(f"cohort summary {err}")
+    cohort.excluded_slides = _unique(
+        _exclusions(cohort.summary or {}, "slide") + _slide_table_exclusions(cohort.slides)
+    )
+    cohort.excluded_patients = _unique(
+        _exclusions(cohort.summary or {}, "patient") + _exclusions(cohort.summary or {}, "case")
+    )
+    return cohort
+
+
+_EXCLUDED_KEY = re.compile(r"exclu|dropped|removed|skipped|_out$|^out$", re.IGNORECASE)
+_ID_KEYS = ("slide_id", "case_id", "patient_id", "slide", "case", "patient", "id")
+_REASON_KEYS = ("reason", "reasons", "why", "error", "cause")
+
+
+def _exclusions(summary: dict[str, Any], entity: str) -> list[tuple[str, str]]:
+    """(id, reason) pairs under any key that names ``entity`` and an exclusion, at any depth.
+
+    The cohort stage owns the exact keys (``excluded_slides``, ``patients: {out: ...}``, ...), so
+    the report looks for the meaning rather than one spelling.
+    """
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any, trail: tuple[str, ...]) -> None:
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            path = (*trail, str(key))
+            names_entity = any(entity in part.lower() for part in path)
+            if names_entity and _EXCLUDED_KEY.search(str(key)):
+                found.extend(_as_pairs(value))
+            elif isinstance(value, dict):
+                walk(value, path)
+
+    walk(summary, ())
+    return found
+
+
+def _as_pairs(value: Any) -> list[tuple[str, str]]:
+    """Exclusions written as {id: reason}, [{slide_id, reason}], [id, ...] or {reason: [ids]}."""
+    if isinstance(value, dict):
+        pairs: list[tuple[str, str]] = []
+        for key, val in value.items():
+            if isinstance(val, list) and all(isinstance(v, str) for v in val):
+                pairs += [(v, str(key)) for v in val]  # {reason: [ids]}
+            else:
+                pairs.append((str(key), _reason_text(val)))
+        return pairs
+    if isinstance(value, list):
+        pairs = []
+        for item in value:
+            if isinstance(item, dict):
+                ident = next((item[k] for k in _ID_KEYS if item.get(k) not in (None, "")), None)
+                reason = next((item[k] for k in _REASON_KEYS if item.get(k) not in (None, "")), "")
+                rest = {k: v for k, v in item.items() if k not in _ID_KEYS}
+                pairs.append((str(ident), _reason_text(reason or rest)))
+            elif isinstance(item, list | tuple) and len(item) == 2:
+                pairs.append((str(item[0]), _reason_text(item[1])))
+            else:
+                pairs.append((str(item), ""))
+        return pairs
+    return []  # a bare count: rendered with the summary, nothing to list
+
+
+def _reason_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {v}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return "; ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _slide_table_exclusions(slides: pd.DataFrame | None) -> list[tuple[str, str]]:
+    """Rows of the cohort's slides.csv marked as not used, with their reason column."""
+    if slides is None or "slide_id" not in slides.columns:
+        return []
+    reason_col = next((c for c in slides.columns if "reason" in c.lower()), None)
+    flag_col = next(
+        (c for c in ("included", "used", "in_cohort", "status", "excluded") if c in slides.columns),
+        None,
+    )
+    if flag_col is None:
+        return []
+    pairs = []
+    for row in slides.to_dict("records"):
+        flag = str(row.get(flag_col, "")).strip().lower()
+        excluded = (
+            flag in ("true", "1", "yes")
+            if flag_col == "excluded"
+            else flag not in ("true", "1", "yes", "ok", "included", "used")
+        )
+        if excluded:
+            reason = row.get(reason_col) if reason_col else ""
+            reason = (
+                ""
+                if reason is None or (isinstance(reason, float) and math.isnan(reason))
+                else reason
+            )
+            pairs.append((str(row["slide_id"]), str(reason) or f"{flag_col}={flag}"))
+    return pairs
+
+
+def _unique(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop repeats of the same id; keep the most informative (non-empty) reason."""
+    best: dict[str, str] = {}
+    for ident, reason in pairs:
+        if ident not in best or (not best[ident] and reason):
+            best[ident] = reason
+    return list(best.items())
+
+
+def gather_models(models_dir: Path | None) -> tuple[list[ModelRun], str | None]:
+    """Every ``{model}/seed_{s}`` run under ``models_dir``; (runs, why none) when there are none."""
+    if models_dir is None:
+        return [], "no models directory given"
+    if not models_dir.is_dir():
+        return [], f"models directory missing: {models_dir}"
+    runs = []
+    for model_dir in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+        for seed_dir in sorted(model_dir.glob("seed_*"), key=_seed_number):
+            summary, err = _read_json(seed_dir / "summary.json")
+            attention = [
+                (_fold_number(png), png) for png in sorted(seed_dir.glob("fold_*/attention/*.png"))
+            ]
+            attention.sort(key=lambda fp: (fp[0], fp[1].name))
+            runs.append(
+                ModelRun(model_dir.name, _seed_number(seed_dir), seed_dir, summary, err, attention)
+            )
+    runs.sort(key=lambda r: (_model_rank(r.model), r.model, r.seed))
+    return runs, None if runs else f"no model runs found under {models_dir}"
+
+
+def _seed_number(path: Path) -> int:
+    match = re.search(r"(\d+)$", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def _fold_number(png: Path) -> int:
+    match = re.search(r"fold_(\d+)", str(png))
+    return int(match.group(1)) if match else -1
+
+
+def _model_rank(model: str) -> int:
+    return MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+def _guarded(anchor: str, title: str, build: Callable[[], h.Html]) -> h.Html:
+    """Build one section; an input in an unexpected shape shows as an error box, not a crash.
+
+    The report runs last, after hours of compute: one odd file from another stage should cost one
+    section, and the page says which section and why.
+    """
+    try:
+        return build()
+    except (KeyError, ValueError, TypeError, AttributeError, OSError, IndexError) as exc:
+        log.exception("report section %r failed", title)
+        return h.section(
+            anchor,
+            title,
+            h.note(f"This section could not be built: {type(exc).__name__}: {exc}", "failed"),
+        )
+
+
+def _stat(value: Any, label: str, tone: str = "") -> h.Html:
+    return h.Html(
+        f'<div class="stat {tone}"><div class="v">{h.esc(value)}</div>'
+        f'<div class="k">{h.esc(label)}</div></div>'
+    )
+
+
+def _overview(
+    slides: list[SlideQC], problems: list[Problem], cohort: Cohort, runs: list[ModelRun]
+) -> h.Html:
+    failed_ids = {p.slide_id for p in problems if p.kind in ("failed", "missing")}
+    excluded_ids = {p.slide_id for p in problems if p.kind == "excluded"} - failed_ids
+    total = len(slides)
+    ok = sum(1 for s in slides if s.slide_id not in failed_ids)
+    patients, events, with_omics = _patient_counts(cohort)
+    patches = sum(int(s.tiles["n"]) for s in slides if s.tiles)
+    stats = [
+        _stat(total, "slides"),
+        _stat(ok, "slides processed", "good" if ok == total else ""),
+        _stat(len(failed_ids), "slides failed", "bad" if failed_ids else "good"),
+        _stat(len(excluded_ids), "excluded by cohort", "warn" if excluded_ids else ""),
+        _stat(f"{patches:,}", "patches"),
+        _stat(patients, "patients"),
+        _stat(events, "events (deaths)"),
+        _stat(with_omics, "patients with RNA"),
+        _stat(len({r.model for r in runs}), "models"),
+    ]
+    return h.section(
+        "overview", "Run overview", h.Html(f'<div class="stats">{h.join(stats)}</div>')
+    )
+
+
+def _patient_counts(cohort: Cohort) -> tuple[Any, Any, Any]:
+    """(patients, events, patients with omics) from patients.csv, else from summary counts."""
+    frame = cohort.patients
+    if frame is not None:
+        events = (
+            int((pd.to_numeric(frame["event"], errors="coerce") == 1).sum())
+            if "event" in frame.columns
+            else None
+        )
+        omics = (
+            int(frame["has_omics"].astype(str).str.lower().isin(["true", "1", "1.0", "yes"]).sum())
+            if "has_omics" in frame.columns
+            else None
+        )
+        return len(frame), events, omics
+    summary = cohort.summary or {}
+    return (
+        _find_count(summary, ("n_patients", "patients_in", "patients")),
+        _find_count(summary, ("n_events", "events")),
+        _find_count(summary, ("n_with_omics", "patients_with_omics", "has_omics")),
+    )
+
+
+def _find_count(summary: dict[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        value = summary.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if isinstance(value, list):
+            return len(value)
+    return None
+
+
+def _failures(problems: list[Problem], slides: dict[str, SlideQC]) -> h.Html:
+    if not problems:
+        return h.section("failures", "Failures", h.note("Every slide passed every stage.", "ok"))
+    order = {s: i for i, s in enumerate(STAGES)}
+    rows, classes = [], []
+    for p in sorted(
+        problems, key=lambda p: (KINDS.index(p.kind), order.get(p.stage, 99), p.slide_id)
+    ):
+        qc = slides.get(p.slide_id)
+        path = qc.fact("slide_path") if qc else None
+        rows.append(
+            [h.tag("b", p.slide_id), p.stage, h.badge(p.kind, p.kind), p.reason, path or "–"]
+        )
+        classes.append(f"row-{p.kind}")
+    n_slides = len({p.slide_id for p in problems})
+    intro = h.tag(
+        "p",
+        f"{n_slides} slide(s) stopped or were left out ({len(problems)} record(s)). "
+        "Failed: the stage ran and recorded an error. Missing: the stage's output is absent. "
+        "Excluded: the cohort join left the slide out.",
+    )
+    return h.section(
+        "failures",
+        "Failures",
+        intro,
+        h.table(
+            ["Slide", "Stage", "Kind", "Reason", "Slide file"],
+            rows,
+            sortable=True,
+            row_classes=classes,
+        ),
+    )
+
+
+def _mpp_text(qc: SlideQC) -> str:
+    mpp = h.as_float(qc.fact("mpp"))
+    return "–" if mpp is None else f"{mpp:.4f}"
+
+
+def _patch_text(qc: SlideQC) -> str:
+    if not qc.tiles:
+        return "–"
+    t = qc.tiles
+    return f"{t.get('patch_px')} px @ {h.fmt(t.get('target_mpp'))} µm/px = {t.get('patch_px_level0')} px L0"
+
+
+def _level0_text(qc: SlideQC) -> str:
+    dims = (qc.preflight or {}).get("level_dimensions") or []
+    if dims and isinstance(dims[0], list | tuple) and len(dims[0]) == 2:
+        return f"{dims[0][0]:,} × {dims[0][1]:,}"
+    level0 = (qc.tiles or {}).get("level0_dimensions")
+    if isinstance(level0, list | tuple) and len(level0) == 2:
+        return f"{level0[0]:,} × {level0[1]:,}"
+    return "–"
+
+
+def _status_badge(qc: SlideQC) -> h.Html:
+    outcome = qc.outcome
+    if outcome == "ok" and qc.warnings:
+        return h.badge("ok, warnings", "warn")
+    if outcome == "ok":
+        return h.badge("ok", "ok")
+    stages = sorted({p.stage for p in qc.problems if p.kind == outcome}, key=STAGES.index)
+    return h.badge(f"{outcome}: {', '.join(stages)}", outcome)
+
+
+def _slide_qc(slides: list[SlideQC]) -> h.Html:
+    headers = [
+        "Slide",
+        "Status",
+        "Reader",
+        "Vendor",
+        "µm/px",
+        "µm/px source",
+        "Level-0 px",
+        "Tissue mm²",
+        "Regions",
+        "Patches",
+        "Patch size",
+        "Read level",
+        "Extraction s",
+        "Patches/s",
+    ]
+    rows, classes = [], []
+    for qc in slides:
+        tissue = qc.tissue or {}
+        extraction = qc.extraction or {}
+        rows.append(
+            [
+                h.Html(f'<a href="#slide-{h.esc(qc.slide_id)}">{h.esc(qc.slide_id)}</a>'),
+                _status_badge(qc),
+                qc.fact("reader") or "–",
+                (qc.preflight or {}).get("vendor") or "–",
+                _mpp_text(qc),
+                qc.fact("mpp_source") or "–",
+                _level0_text(qc),
+                _fixed(tissue.get("tissue_area_mm2"), 2),
+                tissue.get("n_regions"),
+                f"{qc.tiles['n']:,}" if qc.tiles else "–",
+                _patch_text(qc),
+                (qc.tiles or {}).get("read_level"),
+                _fixed(extraction.get("seconds"), 1),
+                _fixed(extraction.get("patches_per_s"), 1),
+            ]
+        )
+        classes.append(f"row-{qc.outcome}" if qc.outcome != "ok" else None)
+    table = h.table(
+        headers, rows, sortable=True, row_classes=classes, numeric=(4, 7, 8, 9, 11, 12, 13)
+    )
+    cards = h.Html(f'<div class="cards">{h.join(_slide_card(qc) for qc in slides)}</div>')
+    return h.section(
+        "slides",
+        "Per-slide QC",
+        h.tag(
+            "p",
+            "Thumbnails show the patch grid (tiling) and the tissue contours (segmentation). "
+            "Click a column header to sort.",
+            cls="muted",
+        ),
+        table,
+        cards,
+    )
+
+
+def _fixed(value: Any, decimals: int) -> str:
+    return h.fmt_fixed(value, decimals)
+
+
+def _slide_card(qc: SlideQC) -> h.Html:
+    outcome = qc.outcome
+    parts: list[Any] = [
+        h.Html(
+            f'<h3 id="slide-{h.esc(qc.slide_id)}"><span>{h.esc(qc.slide_id)}</span>'
+            f"{_status_badge(qc).markup}</h3>"
+        )
+    ]
+    for p in qc.problems:
+        parts.append(h.tag("div", f"{p.stage}: {p.reason}", cls="reason"))
+    if qc.status.get("status") == "ok":
+        if qc.grid_png is not None:
+            parts.append(h.image(qc.grid_png, alt=f"{qc.slide_id} patch grid", max_width=THUMB_PX))
+        else:
+            parts.append(
+                h.image(
+                    qc.tissue_thumbnail,
+                    alt=f"{qc.slide_id} tissue",
+                    max_width=THUMB_PX,
+                    what="patch grid thumbnail",
+                )
+            )
+    facts = [
+        ("µm/px", f"{_mpp_text(qc)} ({qc.fact('mpp_source') or 'source unknown'})"),
+        ("reader", qc.fact("reader") or "–"),
+    ]
+    if qc.tissue:
+        facts.append(
+            (
+                "tissue",
+                f"{_fixed(qc.tissue.get('tissue_area_mm2'), 2)} mm², {h.fmt(qc.tissue.get('n_regions'))} region(s)",
+            )
+        )
+    if qc.tiles:
+        facts.append(("patches", f"{qc.tiles['n']:,} × {_patch_text(qc)}"))
+    if qc.extraction and qc.extraction.get("status", "ok") == "ok":
+        facts.append(
+            (
+                "extraction",
+                f"{_fixed(qc.extraction.get('seconds'), 1)} s, "
+                f"{_fixed(qc.extraction.get('patches_per_s'), 1)} patches/s",
+            )
+        )
+    parts.append(h.tag("div", h.kv_table(facts), cls="facts"))
+    for warning in qc.warnings:
+        parts.append(h.tag("div", f"⚠ {warning}", cls="muted"))
+    more = _slide_details(qc)
+    if more is not None:
+        parts.append(more)
+    cls = "card" + (f" {outcome}" if outcome in ("failed", "missing") else "")
+    return h.tag("div", h.join(parts), cls=cls)
+
+
+def _slide_details(qc: SlideQC) -> h.Html | None:
+    """The collapsible part of a card: contour thumbnail and the raw stage records."""
+    inner: list[Any] = []
+    if qc.grid_png is not None and qc.status.get("status") == "ok":
+        inner.append(
+            h.figure(
+                h.image(
+                    qc.tissue_thumbnail,
+                    alt=f"{qc.slide_id} tissue contours",
+                    max_width=THUMB_PX,
+                    what="tissue thumbnail",
+                ),
+                "tissue contours",
+            )
+        )
+    records = {
+        "preflight": _without(qc.preflight, ("associated_images",)),
+        "tissue": qc.tissue,
+        "tiles": _without(qc.tiles, ("slotspe_store",)),
+        "extraction": qc.extraction,
+        "features": _without(qc.feature_attrs, ("slotspe_store",)),
+    }
+    for name, record in records.items():
+        if record:
+            inner.append(h.details(f"{name} record", h.render_value(record)))
+    if not inner:
+        return None
+    return h.details("details", h.join(inner))
+
+
+def _without(record: dict[str, Any] | None, keys: Sequence[str]) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {k: v for k, v in record.items() if k not in keys}
+
+
+def _cohort_section(cohort: Cohort, slides_by_id: dict[str, SlideQC]) -> h.Html:
+    parts: list[Any] = []
+    for err in cohort.errors:
+        parts.append(h.note(err, "warn"))
+    patients, events, with_omics = _patient_counts(cohort)
+    stats = [_stat(patients, "patients"), _stat(events, "events")]
+    frame = cohort.patients
+    if frame is not None and "time" in frame.columns:
+        times = pd.to_numeric(frame["time"], errors="coerce").dropna()
+        if len(times):
+            stats.append(_stat(f"{times.median():.1f}", "median follow-up"))
+    stats.append(_stat(with_omics, "with RNA"))
+    if frame is not None and "slide_ids" in frame.columns:
+        n_slides = sum(len(_split_ids(v)) for v in frame["slide_ids"])
+        stats.append(_stat(n_slides, "slides used"))
+    parts.append(h.Html(f'<div class="stats">{h.join(stats)}</div>'))
+
+    folds = _fold_table(cohort)
+    if folds is not None:
+        parts += [h.tag("h3", "Folds"), folds]
+    if cohort.excluded_slides:
+        parts += [
+            h.tag("h3", f"Slides excluded by the cohort join ({len(cohort.excluded_slides)})"),
+            h.table(["Slide", "Reason"], cohort.excluded_slides, sortable=True),
+        ]
+    if cohort.excluded_patients:
+        parts += [
+            h.tag("h3", f"Patients excluded ({len(cohort.excluded_patients)})"),
+            h.table(["Patient", "Reason"], cohort.excluded_patients, sortable=True),
+        ]
+    if cohort.summary:
+        parts += [h.tag("h3", "Cohort summary"), h.render_value(cohort.summary)]
+    if frame is not None:
+        parts.append(
+            h.details(
+                f"patient table ({len(frame)} rows)",
+                h.table(list(frame.columns), frame.itertuples(index=False), sortable=True),
+            )
+        )
+    return h.section("cohort", f"Cohort: {cohort.name}", *parts)
+
+
+def _split_ids(value: Any) -> list[str]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return [s for s in re.split(r"[;,|\s]+", str(value)) if s]
+
+
+def _fold_table(cohort: Cohort) -> h.Html | None:
+    """Patients (and events) per fold and split; folds.csv shown as is if its shape is unknown."""
+    folds = cohort.folds
+    if folds is None:
+        return None
+    if "fold" not in folds.columns:
+        return h.details(
+            f"folds.csv ({len(folds)} rows)",
+            h.table(list(folds.columns), folds.head(50).itertuples(index=False)),
+        )
+    frame = folds
+    patients = cohort.patients
+    if (
+        patients is not None
+        and "case_id" in folds.columns
+        and "event" in patients.columns
+        and "event" not in folds.columns
+    ):
+        frame = folds.merge(patients[["case_id", "event"]], on="case_id", how="left")
+    by = ["fold"] + [c for c in ("split", "set", "role") if c in frame.columns][:1]
+    grouped = frame.groupby(by, sort=True)
+    rows = []
+    for key, group in grouped:
+        key = key if isinstance(key, tuple) else (key,)
+        events = (
+            int((pd.to_numeric(group["event"], errors="coerce") == 1).sum())
+            if "event" in group.columns
+            else None
+        )
+        rows.append([*key, len(group), events])
+    headers = [h.humanize(c) for c in by] + ["Patients", "Events"]
+    return h.table(headers, rows, numeric=(len(by), len(by) + 1))
+
+
+# ------------------------------- models ---------------------------------------------------------
+
+
+def metric(summary: dict[str, Any], name: str) -> tuple[float | None, float | None]:
+    """(mean, std) of a metric over folds: the summary's own ``{name}_mean``/``_std``, else computed.
+
+    When the summary only lists folds, the std is the population std over folds (numpy default),
+    the convention of the SurvPath/SlotSPE papers' tables.
+    """
+    mean = h.as_float(summary.get(f"{name}_mean"))
+    if mean is None and not isinstance(summary.get(name), list | dict):
+        mean = h.as_float(summary.get(name))
+    std = h.as_float(summary.get(f"{name}_std"))
+    values = _fold_values(summary, name)
+    if mean is None and values:
+        mean = float(np.mean(values))
+    if std is None and len(values) > 1:
+        std = float(np.std(values))
+    return mean, std
+
+
+def _fold_values(summary: dict[str, Any], name: str) -> list[float]:
+    folds = summary.get("folds") or []
+    return [v for f in folds if isinstance(f, dict) and (v := h.as_float(f.get(name))) is not None]
+
+
+def mean_std(mean: float | None, std: float | None, decimals: int = 3) -> str:
+    """``0.712 ± 0.034``; the mean alone when there is no spread; an en dash when missing."""
+    if mean is None:
+        return "–"
+    if std is None:
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+# (row label suffix, c-index metric name, note) for the extra rows a run may carry.
+_EXTRA_ROWS = (
+    ("missing omics", "c_index_missing_omics", "RNA withheld at validation"),
+    (
+        "best epoch",
+        "c_index_best_epoch_selected_on_val",
+        "best epoch, selected on validation — optimistic",
+    ),
+)
+
+
+def _metrics_rows(run: ModelRun) -> list[tuple[list[Any], str | None]]:
+    s = run.summary or {}
+    n_folds = len(s.get("folds") or [])
+    ipcw = metric(s, "c_index_ipcw")
+    ibs = metric(s, "ibs")
+    rows = [
+        (
+            [
+                h.tag("b", run.model),
+                run.seed,
+                n_folds or "–",
+                mean_std(*metric(s, "c_index")),
+                h.fmt_fixed(s.get("c_index_pooled")),
+                mean_std(*ipcw),
+                mean_std(*ibs),
+                "",
+            ],
+            None,
+        )
+    ]
+    for label, name, remark in _EXTRA_ROWS:
+        mean, std = metric(s, name)
+        if mean is not None:
+            rows.append(
+                (
+                    [
+                        h.tag("b", f"{run.model} ({label})"),
+                        run.seed,
+                        n_folds or "–",
+                        mean_std(mean, std),
+                        "–",
+                        "–",
+                        "–",
+                        remark,
+                    ],
+                    "row-extra",
+                )
+            )
+    return rows
+
+
+def _pooled_seed_row(model: str, runs: list[ModelRun]) -> list[Any]:
+    """One row over all folds of all seeds of a model: the number to quote when seeds > 1."""
+
+    def pooled(name: str) -> str:
+        values = [v for r in runs for v in _fold_values(r.summary or {}, name)]
+        return mean_std(float(np.mean(values)), float(np.std(values))) if values else "–"
+
+    n = sum(len((r.summary or {}).get("folds") or []) for r in runs)
+    seeds = ", ".join(str(r.seed) for r in runs)
+    return [
+        h.tag("b", f"{model} (all seeds)"),
+        seeds,
+        n,
+        pooled("c_index"),
+        "–",
+        pooled("c_index_ipcw"),
+        pooled("ibs"),
+        "mean ± std over all folds of all seeds",
+    ]
+
+
+def _models_section(runs: list[ModelRun], why_none: str | None) -> h.Html:
+    if not runs:
+        return h.section("models", "Model metrics", h.note(f"No model results: {why_none}", "warn"))
+    headers = ["Model", "Seed", "Folds", "C-index", "C-index pooled", "C-index IPCW", "IBS", "Note"]
+    rows, classes = [], []
+    by_model: dict[str, list[ModelRun]] = {}
+    for run in runs:
+        by_model.setdefault(run.model, []).append(run)
+    for model, model_runs in by_model.items():
+        for run in model_runs:
+            if run.summary is None:
+                rows.append(
+                    [
+                        h.tag("b", run.model),
+                        run.seed,
+                        "–",
+                        "–",
+                        "–",
+                        "–",
+                        "–",
+                        h.badge(f"summary {run.error}", "missing"),
+                    ]
+                )
+                classes.append("row-missing")
+                continue
+            for row, cls in _metrics_rows(run):
+                rows.append(row)
+                classes.append(cls)
+        with_summary = [r for r in model_runs if r.summary is not None]
+        if len(with_summary) > 1:
+            rows.append(_pooled_seed_row(model, with_summary))
+            classes.append(None)
+    parts: list[Any] = [
+        h.tag(
+            "p",
+            "Concordance (Harrell's C-index, higher is better) and integrated Brier score (IBS, "
+            "lower is better) on the validation folds: mean ± std over folds. Pooled: one C-index "
+            "over the validation predictions of all folds together.",
+            cls="muted",
+        ),
+        h.table(headers, rows, row_classes=classes, numeric=(1, 2, 3, 4, 5, 6)),
+    ]
+    for run in runs:
+        folds = (run.summary or {}).get("folds")
+        if folds:
+            parts.append(
+                h.details(f"{run.model}, seed {run.seed}: per fold", h.render_value(folds))
+            )
+    return h.section("models", "Model metrics", *parts)
+
+
+def _km_section(runs: list[ModelRun]) -> h.Html:
+    if not runs:
+        return h.section(
+            "km", "Kaplan–Meier curves", h.note("No model runs, so no curves.", "warn")
+        )
+    figs = [
+        h.figure(
+            h.image(
+                run.path / "km.png",
+                alt=f"Kaplan–Meier {run.model} seed {run.seed}",
+                max_width=KM_PX,
+                what="KM plot",
+            ),
+            f"{run.model}, seed {run.seed}",
+        )
+        for run in runs
+    ]
+    return h.section(
+        "km",
+        "Kaplan–Meier curves",
+        h.tag(
+            "p",
+            "Validation patients of all folds, split into low and high predicted risk at the "
+            "median risk of each fold's training patients.",
+            cls="muted",
+        ),
+        h.Html(f'<div class="figs">{h.join(figs)}</div>'),
+    )
+
+
+_SLOT_SUFFIX = re.compile(r"^(?P<case>.+?)[._-]+(?:slot|s)[._-]?\d+$", re.IGNORECASE)
+
+
+def _patient_key(png: Path) -> str:
+    """The patient a heatmap belongs to: ``{case}.png`` or ``{case}_slot{k}.png``."""
+    match = _SLOT_SUFFIX.match(png.stem)
+    return match.group("case") if match else png.stem
+
+
+def _attention_section(runs: list[ModelRun], n_patients: int, cohort: Cohort) -> h.Html:
+    with_maps: dict[str, ModelRun] = {}
+    for run in runs:  # runs are sorted by seed: keep each model's first seed with heatmaps
+        if run.attention and run.model not in with_maps:
+            with_maps[run.model] = run
+    if n_patients <= 0:
+        return h.section(
+            "attention",
+            "Slot attention",
+            h.note("Attention heatmaps not requested (--attention-patients 0).", "info"),
+        )
+    if not with_maps:
+        where = "fold_*/attention/*.png"
+        return h.section(
+            "attention",
+            "Slot attention",
+            h.note(f"No attention heatmaps found ({where} under each model run).", "warn"),
+        )
+    info = _patient_info(cohort)
+    parts: list[Any] = [
+        h.tag(
+            "p",
+            f"Heatmaps of slot attention over the patch grid for up to {n_patients} validation "
+            "patients per model (first folds first).",
+            cls="muted",
+        )
+    ]
+    for model, run in with_maps.items():
+        groups: dict[tuple[int, str], list[Path]] = {}
+        for fold, png in run.attention:
+            groups.setdefault((fold, _patient_key(png)), []).append(png)
+        chosen = list(groups.items())[:n_patients]
+        parts.append(
+            h.tag("h3", f"{model}, seed {run.seed} ({len(chosen)} of {len(groups)} patients)")
+        )
+        for (fold, case), pngs in chosen:
+            caption = f"patient {case}, validation fold {fold}"
+            if case in info:
+                caption += f" — {info[case]}"
+            figs = [
+                h.figure(
+                    h.image(png, alt=f"attention {case}", max_width=ATTENTION_PX, what="heatmap"),
+                    _npz_caption(png) or png.stem,
+                )
+                for png in pngs
+            ]
+            parts.append(
+                h.Html(
+                    f'<div class="attn-row">{h.tag("div", caption, cls="muted").markup}'
+                    f'<div class="figs">{h.join(figs)}</div></div>'
+                )
+            )
+    return h.section("attention", "Slot attention", *parts)
+
+
+def _patient_info(cohort: Cohort) -> dict[str, str]:
+    frame = cohort.patients
+    if frame is None or "case_id" not in frame.columns:
+        return {}
+    info = {}
+    for row in frame.to_dict("records"):
+        bits = []
+        if "time" in row:
+            bits.append(f"time {h.fmt(h.as_float(row['time']))}")
+        if "event" in row:
+            bits.append("event observed" if h.as_float(row["event"]) == 1 else "censored")
+        info[str(row["case_id"])] = ", ".join(bits)
+    return info
+
+
+def _npz_caption(png: Path) -> str | None:
+    """Array names and shapes of the heatmap's .npz twin, so a reader knows what was saved."""
+    npz = png.with_suffix(".npz")
+    if not npz.is_file():
+        return None
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            shapes = [f"{k} {tuple(data[k].shape)}" for k in data.files]
+    except (OSError, ValueError) as exc:
+        return f"{png.stem} (npz unreadable: {exc})"
+    return f"{png.stem}; arrays: {', '.join(shapes)}"
+
+
+# ------------------------------- header -------------------------------------------------------
+
+
+def _distinct(values: list[str]) -> str:
+    """One value, or every distinct value with its count (a mixed-settings run must show it)."""
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    if not counts:
+        return "–"
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{v} ({n} slides)" for v, n in counts.items())
+
+
+def _tiling_text(slides: list[SlideQC]) -> str:
+    return _distinct(
+        [
+            f"{h.fmt(t.get('target_mpp'))} µm/px, {t.get('patch_px')} px patches, overlap "
+            f"{h.fmt(t.get('overlap'))}, min tissue {h.fmt(t.get('min_tissue'))}"
+            for s in slides
+            if (t := s.tiles)
+        ]
+    )
+
+
+def _weights_text(weights: Any) -> str:
+    if isinstance(weights, dict):
+        if weights.get("random_init"):
+            return "RANDOM weights"
+        for key in ("sha256", "revision", "source", "path"):
+            if weights.get(key):
+                value = str(weights[key])
+                return f"{key} {value[:12]}…" if key == "sha256" else f"{key} {value}"
+        return "weights unrecorded"
+    return str(weights) if weights else "weights unrecorded"
+
+
+def _encoder_text(slides: list[SlideQC]) -> str:
+    return _distinct(
+        [
+            f"{a.get('encoder')} (dim {a.get('embedding_dim')}, {a.get('precision', '?')}, "
+            f"{_weights_text(a.get('weights'))})"
+            for s in slides
+            if (a := s.feature_attrs)
+        ]
+    )
+
+
+def _random_weights(slides: list[SlideQC]) -> list[str]:
+    return [
+        s.slide_id
+        for s in slides
+        if s.feature_attrs
+        and isinstance(s.feature_attrs.get("weights"), dict)
+        and s.feature_attrs["weights"].get("random_init")
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+def build_report(
+    *,
+    status: str | Path,
+    cohort_dir: str | Path | None = None,
+    preflight_dir: str | Path | None = None,
+    tissue_dir: str | Path | None = None,
+    tiles_dir: str | Path | None = None,
+    features_dir: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    attention_patients: int = 3,
+    generated_at: datetime | None = None,
+) -> str:
+    """Render the run report as one self-contained HTML string.
+
+    ``status`` (the slide status TSV) is required and lists the slides; each other directory is
+    optional (None skips that stage's checks) and anything missing inside it is reported on the
+    page. Raises FileNotFoundError/ValueError only for a missing or malformed status table.
+    """
+    paths = {
+        k: Path(v) if v is not None else None
+        for k, v in dict(
+            cohort_dir=cohort_dir,
+            preflight_dir=preflight_dir,
+            tissue_dir=tissue_dir,
+            tiles_dir=tiles_dir,
+            features_dir=features_dir,
+            models_dir=models_dir,
+        ).items()
+    }
+    table = read_status(Path(status))
+    slides = [
+        gather_slide(
+            row,
+            preflight_dir=paths["preflight_dir"],
+            tissue_dir=paths["tissue_dir"],
+            tiles_dir=paths["tiles_dir"],
+            features_dir=paths["features_dir"],
+        )
+        for row in table.to_dict("records")
+    ]
+    by_id = {s.slide_id: s for s in slides}
+    cohort = gather_cohort(paths["cohort_dir"])
+    for slide_id, reason in cohort.excluded_slides:
+        problem = Problem(slide_id, "cohort", "excluded", reason or "no reason recorded")
+        if slide_id in by_id:
+            by_id[slide_id].problems.append(problem)
+        else:  # excluded slides the status table does not list still belong on the page
+            extra = SlideQC(slide_id=slide_id, status={"slide_id": slide_id, "status": "unknown"})
+            extra.problems.append(problem)
+            extra.warnings.append("slide is not in the slide status table")
+            slides.append(extra)
+            by_id[slide_id] = extra
+    problems = [p for s in slides for p in s.problems]
+    runs, why_none = gather_models(paths["models_dir"])
+    log.info(
+        "report: %d slides, %d problem record(s), %d model run(s)",
+        len(slides),
+        len(problems),
+        len(runs),
+    )
+
+    body = [
+        _guarded("overview", "Run overview", lambda: _overview(slides, problems, cohort, runs)),
+        _failures(problems, by_id),
+        _guarded("slides", "Per-slide QC", lambda: _slide_qc(slides)),
+        _guarded("cohort", "Cohort", lambda: _cohort_section(cohort, by_id)),
+        _guarded("models", "Model metrics", lambda: _models_section(runs, why_none)),
+        _guarded("km", "Kaplan–Meier curves", lambda: _km_section(runs)),
+        _guarded(
+            "attention",
+            "Slot attention",
+            lambda: _attention_section(runs, attention_patients, cohort),
+        ),
+    ]
+    random_ids = _random_weights(slides)
+    if random_ids:
+        body.insert(
+            0,
+            h.note(
+                f"{len(random_ids)} slide(s) were embedded by an encoder with RANDOM weights "
+                "(--allow-random-weights): their features are not those of a pretrained model, "
+                "and metrics from them say nothing about the biology.",
+                "failed",
+            ),
+        )
+    when = (generated_at or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    meta = [
+        ("Cohort", cohort.name),
+        ("Generated", when),
+        ("slotspe-pipe", __version__),
+        ("Encoder", _encoder_text(slides)),
+        ("Tiling", _tiling_text(slides)),
+    ]
+    nav = [
+        ("overview", "Overview"),
+        ("failures", f"Failures ({len({p.slide_id for p in problems})})"),
+        ("slides", "Slide QC"),
+        ("cohort", "Cohort"),
+        ("models", "Metrics"),
+        ("km", "Kaplan–Meier"),
+        ("attention", "Attention"),
+    ]
+    inputs = {"status": status, **paths}
+    footer = h.Html(
+        "Inputs: "
+        + "; ".join(
+            f"{h.esc(k)} <code>{h.esc(v)}</code>" for k, v in inputs.items() if v is not None
+        )
+    )
+    return h.page(
+        title=f"slotspe-pipe run report — {cohort.name}",
+        meta=meta,
+        nav=nav,
+        body=body,
+        footer=footer,
+        version=__version__,
+    )
+
+
+def write_report(output: str | Path, **kwargs: Any) -> Path:
+    """Build the report (``build_report`` keyword arguments) and write it atomically to ``output``."""
+    text = build_report(**kwargs)
+    output = Path(output)
+    write_text(output, text)
+    log.info("report written: %s (%.2f MB)", output, len(text.encode()) / 1e6)
+    return output
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", type=Path, required=True, help="slide status table (TSV)")
+    parser.add_argument(
+        "--cohort-dir", type=Path, help="cohort directory (patients.csv, summary.json, ...)"
+    )
+    parser.add_argument(
+        "--preflight-dir", type=Path, help="per-slide preflight records {slide}.json"
+    )
+    parser.add_argument("--tissue-dir", type=Path, help="per-slide tissue folders {slide}/")
+    parser.add_argument(
+        "--tiles-dir", type=Path, help="tiles stores {slide}.zarr and {slide}.grid.png"
+    )
+    parser.add_argument(
+        "--features-dir", type=Path, help="feature stores and extraction records of one encoder"
+    )
+    parser.add_argument("--models-dir", type=Path, help="model runs {model}/seed_{s}/")
+    parser.add_argument(
+        "--attention-patients",
+        type=int,
+        default=3,
+        help="attention heatmaps shown per model (patients)",
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, help="report HTML file")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    write_report(
+        args.output,
+        status=args.status,
+        cohort_dir=args.cohort_dir,
+        preflight_dir=args.preflight_dir,
+        tissue_dir=args.tissue_dir,
+        tiles_dir=args.tiles_dir,
+        features_dir=args.features_dir,
+        models_dir=args.models_dir,
+        attention_patients=args.attention_patients,
+    )
+    return 0

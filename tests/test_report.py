@@ -1,0 +1,503 @@
+"""The run report: every failure visible with its reason, metrics as mean ± std, images embedded.
+
+A small run tree is built in tmp_path with the real store writers (tiles, features) and
+hand-written records in the layout the other stages write, including the ways a run goes wrong:
+a slide that preflight could not open, one whose extraction failed, one whose tissue output is
+missing, one the cohort join left out, and a model run without its summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from slotspe_pipe import cli
+from slotspe_pipe import report_html as h
+from slotspe_pipe.report import _as_pairs, _exclusions, build_report, metric, write_report
+from slotspe_pipe.store.features import write_features
+from slotspe_pipe.store.tiles import write_tiles
+
+OK_SLIDES = ("S1", "S2", "S4", "S5", "S6")
+PREFLIGHT_REASON = (
+    "cannot open: OpenSlide and TiffSlide both failed <unsupported format> & no fallback"
+)
+EXTRACTION_REASON = "CUDA out of memory while embedding batch 3 (batch_size=512)"
+COHORT_REASON = "no clinical record for patient P6"
+SLOTSPE_FOLDS = [0.65, 0.70, 0.75]  # mean 0.700, population std 0.041
+
+
+def _thumbnail(path: Path, size: tuple[int, int] = (900, 640), grid: bool = False) -> None:
+    """A slide-like thumbnail: pink tissue blobs on white, a green contour, optional patch grid."""
+    img = Image.new("RGB", size, (245, 245, 245))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((120, 100, 520, 520), fill=(214, 140, 190), outline=(0, 160, 0), width=4)
+    draw.ellipse((560, 180, 820, 460), fill=(190, 110, 170), outline=(0, 160, 0), width=4)
+    if grid:
+        for x in range(120, 820, 40):
+            for y in range(100, 520, 40):
+                if img.getpixel((x + 20, y + 20))[1] < 200:
+                    draw.rectangle((x, y, x + 40, y + 40), outline=(30, 60, 200), width=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def _tiles_attrs(slide: str) -> dict:
+    return {
+        "slide_id": slide,
+        "slide_path": f"/data/slides/{slide}.svs",
+        "reader": "openslide",
+        "mpp": 0.2527,
+        "mpp_source": "openslide.mpp-x",
+        "target_mpp": 0.5,
+        "patch_px": 256,
+        "patch_px_level0": 507,
+        "stride_px_level0": 507,
+        "read_level": 0,
+        "read_downsample": 1.0,
+        "resize": 0.5054,
+        "overlap": 0,
+        "min_tissue": 0.5,
+        "level0_dimensions": [46000, 32914],
+        "segmentation": {"preset": "default"},
+        "settings_hash": "abc123",
+    }
+
+
+def _write_slide(root: Path, slide: str, n: int, *, tissue: bool = True) -> None:
+    if tissue:
+        folder = root / "tissue" / slide
+        _thumbnail(folder / "thumbnail.png")
+        (folder / "summary.json").write_text(
+            json.dumps({"tissue_area_mm2": 81.25, "n_regions": 2, "mask_mpp": 8.0, "settings": {}})
+        )
+    rng = np.random.default_rng(0)
+    coords = rng.integers(0, 40000, size=(n, 2))
+    write_tiles(root / "tiles" / f"{slide}.zarr", coords, np.ones(n), _tiles_attrs(slide))
+    _thumbnail(root / "tiles" / f"{slide}.grid.png", grid=True)
+
+
+def _write_features(root: Path, slide: str, n: int, *, random_init: bool = False) -> None:
+    feats = root / "features"
+    coords = np.zeros((n, 2), np.int32)
+    write_features(
+        feats / f"{slide}.zarr",
+        np.ones((n, 8), np.float32),
+        coords,
+        {
+            "slide_id": slide,
+            "encoder": "builtin",
+            "embedding_dim": 8,
+            "weights": {"sha256": "f" * 64, "random_init": random_init},
+            "input_size": 224,
+            "normalization": "imagenet",
+            "precision": "fp16",
+            "tiles_settings_hash": "abc123",
+        },
+    )
+    record = {"slide_id": slide, "status": "ok", "reason": "", "n_patches": n}
+    record.update({"seconds": 12.5, "patches_per_s": n / 12.5})
+    (feats / f"{slide}.json").write_text(json.dumps(record))
+
+
+def _model_run(root: Path, model: str, folds: list[float], **extra) -> Path:
+    run = root / "models" / model / "seed_1"
+    run.mkdir(parents=True)
+    summary = {
+        "model": model,
+        "c_index_pooled": 0.6912,
+        "folds": [
+            {
+                "fold": k,
+                "c_index": c,
+                "c_index_ipcw": c - 0.02,
+                "ibs": 0.18,
+                "n_val": 10,
+                "events_val": 4,
+            }
+            for k, c in enumerate(folds)
+        ],
+        **extra,
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def make_run(root: Path) -> dict:
+    """A finished run with one failure of every kind; returns the build_report arguments."""
+    status_rows = ["slide_id\tstatus\treason\treader\tmpp\tmpp_source\tslide_path"]
+    for sid in OK_SLIDES:
+        status_rows.append(
+            f"{sid}\tok\t\topenslide\t0.2527\topenslide.mpp-x\t/data/slides/{sid}.svs"
+        )
+    status_rows.append(f"S3\tfailed\t{PREFLIGHT_REASON}\t\t\t\t/data/slides/S3.svs")
+    (root / "slide_status.tsv").write_text("\n".join(status_rows) + "\n")
+    pre = root / "preflight"
+    pre.mkdir()
+    for sid in (*OK_SLIDES, "S3"):
+        ok = sid != "S3"
+        record = {
+            "slide_id": sid,
+            "slide_path": f"/data/slides/{sid}.svs",
+            "status": "ok" if ok else "failed",
+            "reason": "" if ok else PREFLIGHT_REASON,
+            "reader": "openslide" if ok else None,
+            "vendor": "aperio" if ok else None,
+            "level_dimensions": [[46000, 32914], [11500, 8228]] if ok else [],
+            "level_downsamples": [1.0, 4.0] if ok else [],
+            "mpp": 0.2527 if ok else None,
+            "mpp_source": "openslide.mpp-x" if ok else None,
+            "objective_power": 40,
+            "associated_images": ["label", "macro"],
+            "modality": "brightfield",
+            "warnings": ["mpp-x and mpp-y differ by 0.4%"] if sid == "S2" else [],
+        }
+        (pre / f"{sid}.json").write_text(json.dumps(record))
+
+    for sid in ("S1", "S2", "S4", "S6"):
+        _write_slide(root, sid, 40)
+    _write_slide(root, "S5", 25, tissue=False)  # tiles exist but the tissue folder is gone
+    for sid in ("S1", "S2", "S5", "S6"):
+        _write_features(root, sid, 40 if sid != "S5" else 25)
+    (root / "features" / "S4.json").write_text(
+        json.dumps({"slide_id": "S4", "status": "failed", "reason": EXTRACTION_REASON})
+    )
+
+    cohort = root / "cohort" / "demo"
+    cohort.mkdir(parents=True)
+    (cohort / "patients.csv").write_text(
+        "case_id,time,event,has_omics,slide_ids\n"
+        "P1,12.0,1,True,S1\nP2,30.5,0,True,S2\nP4,8.0,1,False,S4\nP5,22.0,0,True,S5\n"
+    )
+    (cohort / "folds.csv").write_text("case_id,fold\nP1,0\nP2,0\nP4,1\nP5,1\n")
+    (cohort / "slides.csv").write_text("slide_id,case_id\nS1,P1\nS2,P2\nS4,P4\nS5,P5\n")
+    (cohort / "summary.json").write_text(
+        json.dumps(
+            {
+                "name": "demo",
+                "patients": {"in": 4, "out": {"P9": "no RNA-seq and no slides"}},
+                "events": 2,
+                "pathways_kept": 50,
+                "genes_found": 4321,
+                "excluded_slides": [{"slide_id": "S6", "reason": COHORT_REASON}],
+                "genes_missing": [f"GENE{i}" for i in range(80)],
+            }
+        )
+    )
+
+    slot = _model_run(
+        root,
+        "slotspe",
+        SLOTSPE_FOLDS,
+        c_index_mean=0.7,
+        c_index_std=0.0408,
+        c_index_missing_omics_mean=0.612,
+        c_index_missing_omics_std=0.031,
+        c_index_best_epoch_selected_on_val=0.801,
+    )
+    _thumbnail(slot / "km.png", size=(1200, 900))
+    for fold, case in ((0, "P1"), (0, "P2"), (1, "P4")):
+        attn = slot / f"fold_{fold}" / "attention"
+        _thumbnail(attn / f"{case}.png", size=(800, 400))
+        np.savez(attn / f"{case}.npz", attention=np.zeros((16, 40)), coords=np.zeros((40, 2)))
+    snn = _model_run(root, "snn", [0.60, 0.62, 0.64])
+    _thumbnail(snn / "km.png", size=(1200, 900))
+    (root / "models" / "abmil" / "seed_1").mkdir(parents=True)  # ran, but no summary
+
+    return {
+        "status": root / "slide_status.tsv",
+        "cohort_dir": cohort,
+        "preflight_dir": pre,
+        "tissue_dir": root / "tissue",
+        "tiles_dir": root / "tiles",
+        "features_dir": root / "features",
+        "models_dir": root / "models",
+        "attention_patients": 2,
+        "generated_at": datetime(2025, 1, 2, 3, 4, tzinfo=UTC),
+    }
+
+
+@pytest.fixture(scope="module")
+def run_tree(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def page(run_tree: dict) -> str:
+    return build_report(**run_tree)
+
+
+def _section(page: str, anchor: str) -> str:
+    start = page.index(f'<section id="{anchor}">')
+    return page[start : page.index("</section>", start)]
+
+
+def _images(markup: str) -> list[Image.Image]:
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', markup)
+    return [Image.open(io.BytesIO(base64.b64decode(u))) for u in uris]
+
+
+def test_every_failed_slide_is_listed_first_with_its_reason(page: str) -> None:
+    failures = _section(page, "failures")
+    expected = {
+        "S3": PREFLIGHT_REASON,
+        "S4": EXTRACTION_REASON,
+        "S5": "tissue output missing",
+        "S6": COHORT_REASON,
+    }
+    for slide, reason in expected.items():
+        row = next(r for r in failures.split("<tr") if f"<b>{slide}</b>" in r)
+        assert html.escape(reason) in row, (slide, row)
+    assert "S1" not in failures and "S2" not in failures
+    # Failures come before the QC section, which comes before the metrics.
+    assert page.index('id="failures"') < page.index('id="slides"') < page.index('id="models"')
+    # Raw reason text is escaped, never injected as markup.
+    assert "<unsupported format>" not in page
+
+
+def test_overview_counts(page: str) -> None:
+    overview = _section(page, "overview")
+    stats = dict(
+        (label, value)
+        for value, label in re.findall(
+            r'<div class="v">([^<]*)</div><div class="k">([^<]*)</div>', overview
+        )
+    )
+    assert stats["slides"] == "6"
+    assert stats["slides failed"] == "3"  # S3 preflight, S4 extraction, S5 tissue missing
+    assert stats["excluded by cohort"] == "1"
+    assert stats["patients"] == "4" and stats["events (deaths)"] == "2"
+    assert stats["patches"] == f"{4 * 40 + 25:,}"
+
+
+def test_metrics_mean_std_per_model(page: str) -> None:
+    models = _section(page, "models")
+    # slotspe: the summary's own mean/std; snn: computed from its folds (population std).
+    assert "0.700 ± 0.041" in models
+    assert f"{np.mean([0.60, 0.62, 0.64]):.3f} ± {np.std([0.60, 0.62, 0.64]):.3f}" in models
+    assert "0.691" in models  # pooled
+    assert "slotspe (missing omics)" in models and "0.612 ± 0.031" in models
+    assert "best epoch, selected on validation — optimistic" in models and "0.801" in models
+    # IPCW computed from folds; IBS constant over folds -> std 0.
+    assert f"{np.mean(SLOTSPE_FOLDS) - 0.02:.3f} ± {np.std(SLOTSPE_FOLDS):.3f}" in models
+    assert "0.180 ± 0.000" in models
+    # A run without summary is shown as missing, not dropped.
+    abmil = next(r for r in models.split("<tr") if "<b>abmil</b>" in r)
+    assert "summary missing" in abmil
+
+
+def test_metric_prefers_summary_and_falls_back_to_folds() -> None:
+    summary = {
+        "c_index_mean": 0.8,
+        "c_index_std": 0.1,
+        "folds": [{"c_index": 0.5}, {"c_index": 0.7}],
+    }
+    assert metric(summary, "c_index") == (0.8, 0.1)
+    assert metric({"folds": summary["folds"]}, "c_index") == pytest.approx((0.6, 0.1))
+    assert metric({"ibs": 0.2}, "ibs") == (0.2, None)
+    assert metric({}, "ibs") == (None, None)
+
+
+def test_images_embedded_and_downscaled(page: str) -> None:
+    slides = _section(page, "slides")
+    thumbs = _images(slides)
+    # Grid + contour thumbnails for S1, S2, S4, S6; grid only for S5 (tissue missing).
+    assert len(thumbs) == 9
+    assert all(img.width <= 400 for img in thumbs)
+    assert all(img.format == "PNG" for img in thumbs)
+    km = _images(_section(page, "km"))
+    assert len(km) == 2 and all(img.width <= 560 for img in km)
+    attention = _section(page, "attention")
+    assert len(_images(attention)) == 2  # --attention-patients 2 of the 3 available
+    assert "patient P1" in attention and "patient P2" in attention and "patient P4" not in attention
+    assert "attention (16, 40)" in attention  # the .npz twin is described
+    assert "http://" not in page and "https://" not in page  # nothing fetched from outside
+
+
+def test_slide_facts(page: str) -> None:
+    slides = _section(page, "slides")
+    assert "openslide.mpp-x" in slides and "0.2527" in slides
+    assert "81.25" in slides  # tissue area, mm²
+    assert "256 px @ 0.5 µm/px = 507 px L0" in slides
+    assert "46,000 × 32,914" in slides
+    assert "mpp-x and mpp-y differ by 0.4%" in slides  # preflight warning surfaces
+    header = page[: page.index("<main>")]
+    assert "builtin (dim 8, fp16, sha256 ffffffffffff…)" in header
+    assert "0.5 µm/px, 256 px patches, overlap 0, min tissue 0.5" in header
+    assert "2025-01-02 03:04 UTC" in header
+
+
+def test_cohort_section(page: str) -> None:
+    cohort = _section(page, "cohort")
+    assert "Cohort: demo" in cohort
+    assert "P9" in cohort and "no RNA-seq and no slides" in cohort  # excluded patient
+    assert "4321" in cohort and "Pathways kept" in cohort
+    assert "(80 in all)" in cohort  # a long list is folded, not dropped
+
+
+class _StrictParser(HTMLParser):
+    """Fails on a closing tag that does not match the open one (void elements aside)."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.tags: dict[str, int] = {}
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+        else:
+            self.stack.pop()
+
+
+def test_page_parses_as_html(page: str) -> None:
+    parser = _StrictParser()
+    parser.feed(page)
+    parser.close()
+    assert parser.errors == []
+    assert parser.stack == []
+    assert page.startswith("<!DOCTYPE html>")
+    assert parser.tags["section"] == 7 and parser.tags["img"] >= 13
+
+
+def test_written_atomically(
+    run_tree: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "report" / "report.html"
+    write_report(out, **run_tree)
+    first = out.read_text()
+    assert first.startswith("<!DOCTYPE html>") and first.rstrip().endswith("</html>")
+
+    # A crash half-way through writing leaves the previous report untouched and no temp file.
+    real_write_text = Path.write_text
+
+    def half_then_fail(self: Path, data: str, *args, **kwargs):
+        real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(out, **run_tree)
+    monkeypatch.undo()
+    assert out.read_text() == first
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]
+
+
+def test_missing_inputs_reported_not_crashing(run_tree: dict, tmp_path: Path) -> None:
+    args = {**run_tree, "models_dir": tmp_path / "no-models", "cohort_dir": tmp_path / "no-cohort"}
+    page = build_report(**args)
+    assert "models directory missing" in _section(page, "models")
+    assert "cohort directory missing" in _section(page, "cohort")
+    assert "tissue output missing" in _section(page, "failures")
+    # Without the cohort, the slide it excluded is no longer flagged, but all failures remain.
+    failures = _section(page, "failures")
+    assert all(f"<b>{s}</b>" in failures for s in ("S3", "S4", "S5"))
+
+
+def test_broken_records_are_shown(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    args = make_run(root)
+    (root / "tiles" / "S1.grid.png").write_bytes(b"not a png")
+    (root / "features" / "S2.json").write_text("{truncated")
+    # A tiles store whose metadata lost its completion marker.
+    (root / "tiles" / "S6.zarr" / "zarr.json").write_text("{}")
+    (root / "models" / "snn" / "seed_1" / "summary.json").write_text("[1, 2]")
+    page = build_report(**args)
+    slides = _section(page, "slides")
+    assert "patch grid thumbnail unreadable" in slides or "image unreadable" in slides
+    failures = _section(page, "failures")
+    assert "<b>S2</b>" in failures and "extraction record unreadable" in failures
+    assert "<b>S6</b>" in failures and "tiles store unreadable" in failures
+    assert "expected a JSON object" in _section(page, "models")
+
+
+def test_random_weights_banner(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    args = make_run(root)
+    _write_features(root, "S1", 40, random_init=True)
+    page = build_report(**args)
+    main = page[page.index("<main>") :]
+    assert main.index("RANDOM weights") < main.index('id="overview"')
+
+
+def test_status_table_is_required(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="slide status table"):
+        build_report(status=tmp_path / "missing.tsv")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("slide\tstate\nS1\tok\n")
+    with pytest.raises(ValueError, match="column 'slide_id' missing"):
+        build_report(status=bad)
+
+
+@pytest.mark.parametrize(
+    ("summary", "expected"),
+    [
+        ({"excluded_slides": {"S6": "no label"}}, [("S6", "no label")]),
+        (
+            {"slides": {"excluded": [{"slide_id": "S6", "reason": "no label"}]}},
+            [("S6", "no label")],
+        ),
+        ({"slides_dropped": {"no label": ["S6", "S7"]}}, [("S6", "no label"), ("S7", "no label")]),
+        ({"excluded_slides": ["S6"]}, [("S6", "")]),
+        ({"excluded_slides": 3, "patients_excluded": {"P1": "x"}}, []),
+    ],
+)
+def test_cohort_exclusions_any_spelling(summary: dict, expected: list) -> None:
+    assert _exclusions(summary, "slide") == expected
+
+
+def test_exclusion_pairs_from_records() -> None:
+    assert _as_pairs([{"case_id": "P1", "why": "no event"}]) == [("P1", "no event")]
+    assert _as_pairs([["P1", "no event"]]) == [("P1", "no event")]
+
+
+def test_html_helpers_escape_and_format() -> None:
+    assert h.esc("<b>&") == "&lt;b&gt;&amp;"
+    assert h.fmt(None) == "–" and h.fmt(float("nan")) == "–" and h.fmt(True) == "yes"
+    assert h.fmt(0.123456) == "0.1235"
+    assert h.fmt_fixed("0.5") == "0.500" and h.fmt_fixed("x") == "–"
+    cell = h.table(["a"], [[h.Html("<i>x</i>")], ["<i>"]]).markup
+    assert "<td><i>x</i></td>" in cell and "<td>&lt;i&gt;</td>" in cell
+
+
+def test_cli_matches_the_rule(run_tree: dict, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    argv = [
+        "report",
+        "--cohort-dir",
+        str(run_tree["cohort_dir"]),
+        "--status",
+        str(run_tree["status"]),
+    ]
+    for flag, key in (
+        ("--preflight-dir", "preflight_dir"),
+        ("--tissue-dir", "tissue_dir"),
+        ("--tiles-dir", "tiles_dir"),
+        ("--features-dir", "features_dir"),
+        ("--models-dir", "models_dir"),
+    ):
+        argv += [flag, str(run_tree[key])]
+    argv += ["--attention-patients", "1", "-o", str(out)]
+    assert cli.main(argv) == 0
+    page = out.read_text()
+    assert html.escape(EXTRACTION_REASON) in page
+    assert len(_images(_section(page, "attention"))) == 1
