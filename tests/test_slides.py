@@ -215,6 +215,19 @@ def test_openslide_and_tiffslide_pixels_identical_on_cmu(cmu_small: Path) -> Non
             assert np.array_equal(a, b)
 
 
+def test_openslide_fast_path_matches_public_read_region(cmu_small: Path) -> None:
+    with Slide(cmu_small) as slide:
+        reader = slide._reader
+        assert reader.fast_path  # little-endian machine with openslide-python 1.4
+        regions = [(598, 971, 0, 300, 200), (2100, 2900, 0, 200, 150), (-7, -5, 0, 16, 16)]
+        fast = [slide.read_region(*r) for r in regions]
+        reader.fast_path = False  # the documented public openslide-python path
+        public = [slide.read_region(*r) for r in regions]
+    for a, b in zip(fast, public, strict=True):
+        assert a.dtype == b.dtype == np.uint8 and a.flags.c_contiguous
+        assert np.array_equal(a, b)
+
+
 def test_tiffslide_ndpi_has_four_stored_levels_with_identical_pixels(wsi_dir: Path) -> None:
     with Slide(wsi_dir / NDPI) as ops, Slide(wsi_dir / NDPI, reader="tiffslide") as tfs:
         assert tfs.level_count == 4 and ops.level_count == 7

@@ -57,7 +57,8 @@ def _remove(path: Path) -> None:
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:
     """Write ``payload`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
+        text = json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default)
+        tmp.write_text(text + "\n", encoding="utf-8")
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
