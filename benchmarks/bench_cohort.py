@@ -6,7 +6,8 @@ some unmeasured; a per-slide clinical CSV in days with a `censorship` column), t
 `slotspe-pipe cohort` assembly (read, orient, map, join, folds, write) against the 30 s target.
 For scale it also times a bare `pandas.read_csv` of the same expression file in the same run.
 
-Run: python benchmarks/bench_cohort.py [--patients 1000 --genes 20000 --pathways 331 --repeats 1]
+Run: python benchmarks/bench_cohort.py [--patients 1000 --genes 20000 --pathways 331 --repeats 1
+     --layout samples-by-genes|genes-by-samples]
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ def _symbols(rng: np.random.Generator, n: int) -> list[str]:
     return sorted(out)[:n]
 
 
-def synthesise(root: Path, n_patients: int, n_genes: int, n_pathways: int, seed: int = 0) -> dict:
+def synthesise(
+    root: Path,
+    n_patients: int,
+    n_genes: int,
+    n_pathways: int,
+    layout: str = "samples-by-genes",
+    seed: int = 0,
+) -> dict:
     rng = np.random.default_rng(seed)
     genes = _symbols(rng, int(n_genes * 1.1))
     measured, unmeasured = genes[:n_genes], genes[n_genes:]
@@ -49,7 +57,10 @@ def synthesise(root: Path, n_patients: int, n_genes: int, n_pathways: int, seed:
     extra = rng.choice(n_patients, size=max(1, n_patients // 50), replace=False)
     samples += [f"{cases[i]}-06A" for i in extra]
     values = rng.gamma(2.0, 2.0, size=(len(samples), n_genes)).astype(np.float32)
-    table = pa.table({"sample": samples, **{g: values[:, j] for j, g in enumerate(measured)}})
+    if layout == "samples-by-genes":
+        table = pa.table({"sample": samples, **{g: values[:, j] for j, g in enumerate(measured)}})
+    else:
+        table = pa.table({"gene": measured, **{s: values[i] for i, s in enumerate(samples)}})
     rna = root / "rna.csv"
     pacsv.write_csv(table, rna)
 
@@ -95,16 +106,19 @@ def main() -> None:
     ap.add_argument("--genes", type=int, default=20000)
     ap.add_argument("--pathways", type=int, default=331)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--layout", choices=("samples-by-genes", "genes-by-samples"), default="samples-by-genes"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     with tempfile.TemporaryDirectory(prefix="bench_cohort_") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
-        files = synthesise(root, args.patients, args.genes, args.pathways)
+        files = synthesise(root, args.patients, args.genes, args.pathways, args.layout)
         print(
             f"synthesised {args.patients} patients x {args.genes} genes x {args.pathways} pathways "
-            f"({files['bytes'] / 1e6:.0f} MB expression CSV) in {time.perf_counter() - t:.1f} s"
+            f"({files['bytes'] / 1e6:.0f} MB expression CSV, {args.layout}) in {time.perf_counter() - t:.1f} s"
         )
         t = time.perf_counter()
         pd.read_csv(files["rna"], index_col=0)

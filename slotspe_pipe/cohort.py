@@ -476,6 +476,8 @@ def _check_config(cfg: CohortConfig) -> None:
         raise CohortError("--slides needs --features (the directory of {slide_id}.zarr stores)")
     if cfg.splits is not None and cfg.n_folds is not None:
         raise CohortError("give either --splits or --folds, not both")
+    if not 0.0 <= cfg.min_coverage <= 1.0:
+        raise CohortError(f"--min-coverage must be a fraction in [0, 1], got {cfg.min_coverage}")
     if cfg.rna_orientation not in ORIENTATIONS:
         raise CohortError(f"--rna-orientation must be one of {ORIENTATIONS}")
     if cfg.features is not None and not Path(cfg.features).is_dir():
@@ -525,40 +527,29 @@ def build_cohort(cfg: CohortConfig) -> CohortBuild:
                 f"{cfg.splits}: {len(unknown)} patients in the splits are not in the clinical "
                 f"table {cfg.clinical} (column {cfg.case_col!r}): {unknown[:5]}"
             )
-        summary["inputs"]["splits"] = str(Path(cfg.splits).resolve())
+        summary["inputs"]["splits"] = [
+            _source(p) for p in sorted(Path(cfg.splits).iterdir()) if SPLIT_FILE.match(p.name)
+        ]
 
     # Slides.
     slide_table = pd.DataFrame(columns=list(SLIDE_COLUMNS))
-    slides_of: dict[str, list[str]] = {}
-    if cfg.slides is not None:
+    slide_excluded: dict[str, str] = {}
+    slides_of: dict[str, list[str]] = {}  # labelled patient -> usable slides
+    n_sheet = 0
+    if cfg.slides is not None and cfg.features is not None:
         sheet = read_slide_sheet(cfg.slides)
-        assert cfg.features is not None
+        n_sheet = len(sheet)
         slide_table, slide_excluded = usable_slides(
             sheet, cfg.features, cfg.encoder, cfg.preflight_dir
         )
-        unlabelled = ~slide_table.case_id.isin(labels.table.index)
+        labelled = slide_table.case_id.isin(labels.table.index)
         for sid, case in zip(
-            slide_table.slide_id[unlabelled], slide_table.case_id[unlabelled], strict=True
+            slide_table.slide_id[labelled], slide_table.case_id[labelled], strict=True
         ):
-            slide_excluded[sid] = (
-                f"patient {case} excluded ({excluded[case]})"
-                if case in excluded
-                else f"patient {case} not in clinical table"
-            )
-        slide_table = slide_table[~unlabelled].sort_values(["case_id", "slide_id"])
-        for sid, case in zip(slide_table.slide_id, slide_table.case_id, strict=True):
             slides_of.setdefault(case, []).append(sid)
+        for ids in slides_of.values():
+            ids.sort()
         summary["inputs"]["slides"] = _source(cfg.slides)
-        summary["slides"] = {
-            "in_sheet": len(sheet),
-            "usable": len(slide_table),
-            "excluded": dict(sorted(slide_excluded.items())),
-            "excluded_by_reason": dict(Counter(_reason_kind(r) for r in slide_excluded.values())),
-            "features_dir": str(Path(cfg.features).resolve()),
-            "encoder": cfg.encoder,
-            "preflight_dir": str(Path(cfg.preflight_dir).resolve()) if cfg.preflight_dir else None,
-        }
-        log.info("slides: %d usable of %d", len(slide_table), len(sheet))
 
     # Expression (rows for labelled patients only).
     expr = None
@@ -623,7 +614,26 @@ def build_cohort(cfg: CohortConfig) -> CohortBuild:
         }
     )
     member_set = set(members)
-    slide_table = slide_table[slide_table.case_id.isin(member_set)].reset_index(drop=True)
+    if cfg.slides is not None:
+        for sid, case in zip(slide_table.slide_id, slide_table.case_id, strict=True):
+            if case not in member_set:
+                slide_excluded[sid] = (
+                    f"patient excluded: {case} ({excluded[case]})"
+                    if case in excluded
+                    else f"patient not in clinical table: {case}"
+                )
+        slide_table = slide_table[slide_table.case_id.isin(member_set)]
+        slide_table = slide_table.sort_values(["case_id", "slide_id"]).reset_index(drop=True)
+        summary["slides"] = {
+            "in_sheet": n_sheet,
+            "usable": len(slide_table),
+            "excluded_by_reason": dict(Counter(_reason_kind(r) for r in slide_excluded.values())),
+            "excluded": dict(sorted(slide_excluded.items())),
+            "features_dir": str(Path(cfg.features).resolve()),
+            "encoder": cfg.encoder,
+            "preflight_dir": str(Path(cfg.preflight_dir).resolve()) if cfg.preflight_dir else None,
+        }
+        log.info("slides: %d usable of %d", len(slide_table), n_sheet)
 
     # Omics store content.
     omics = None
@@ -899,11 +909,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--clinical",
         type=Path,
         required=True,
+        metavar="CSV",
         help="clinical CSV (one row per patient or per slide)",
     )
-    g.add_argument("--time-col", required=True, help="survival time column")
+    g.add_argument("--time-col", required=True, metavar="COL", help="survival time column")
     g.add_argument(
-        "--event-col", required=True, help="event column (1 = event observed, unless censorship)"
+        "--event-col",
+        required=True,
+        metavar="COL",
+        help="event column (1 = event observed, unless censorship)",
     )
     ev = g.add_mutually_exclusive_group()
     ev.add_argument(
@@ -920,49 +934,90 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="the event column is 1 = event observed, whatever its name",
     )
     g.add_argument("--time-unit", choices=TIME_UNITS, default="months", help="unit of --time-col")
-    g.add_argument("--case-col", default="case_id", help="patient id column (default case_id)")
+    g.add_argument(
+        "--case-col", default="case_id", metavar="COL", help="patient id column (default case_id)"
+    )
 
     o = parser.add_argument_group("omics")
-    o.add_argument("--rna", type=Path, help="expression matrix: .csv/.tsv/.parquet, gene symbols")
+    o.add_argument(
+        "--rna",
+        type=Path,
+        metavar="FILE",
+        help="expression matrix: .csv/.tsv/.parquet, gene symbols",
+    )
     o.add_argument(
         "--signatures",
         type=Path,
+        metavar="FILE",
         action="append",
         default=[],
         help="gene sets: .gmt or column-per-pathway .csv; repeat to take the union",
     )
-    o.add_argument("--rna-orientation", choices=ORIENTATIONS, default="auto")
+    o.add_argument(
+        "--rna-orientation",
+        choices=ORIENTATIONS,
+        default="auto",
+        help="which axis holds samples (default auto: guessed from gene symbols and patient ids)",
+    )
     o.add_argument("--rna-log2", action="store_true", help="apply log2(x + 1) (counts/TPM input)")
     o.add_argument(
-        "--sample-map", type=Path, help="CSV sample_id,patient_id for non-TCGA sample ids"
+        "--sample-map",
+        type=Path,
+        metavar="CSV",
+        help="CSV sample_id,patient_id for non-TCGA sample ids",
     )
     o.add_argument(
         "--min-coverage",
         type=float,
+        metavar="FRAC",
         default=0.0,
         help="drop pathways with a smaller fraction of genes measured (default 0: keep any with >= 1)",
     )
 
     f = parser.add_argument_group("folds")
     fx = f.add_mutually_exclusive_group()
-    fx.add_argument("--splits", type=Path, help="directory of splits_<k>.csv (train/val columns)")
     fx.add_argument(
-        "--folds", dest="n_folds", type=int, help=f"generate K folds (default {DEFAULT_FOLDS})"
+        "--splits", type=Path, metavar="DIR", help="directory of splits_<k>.csv (train/val columns)"
+    )
+    fx.add_argument(
+        "--folds",
+        dest="n_folds",
+        type=int,
+        metavar="K",
+        help=f"generate K folds (default {DEFAULT_FOLDS})",
     )
     f.add_argument("--seed", type=int, default=0, help="seed of generated folds")
 
     s = parser.add_argument_group("slides")
     s.add_argument(
-        "--slides", type=Path, help="slide sample sheet CSV (slide_id, path[, patient_id, mpp])"
+        "--slides",
+        type=Path,
+        metavar="SHEET",
+        help="slide sample sheet CSV (slide_id, path[, patient_id, mpp])",
     )
-    s.add_argument("--features", type=Path, help="directory holding {slide_id}.zarr feature stores")
-    s.add_argument("--encoder", help="required encoder name of the feature stores")
     s.add_argument(
-        "--preflight-dir", type=Path, help="directory of {slide_id}.json preflight records"
+        "--features",
+        type=Path,
+        metavar="DIR",
+        help="directory holding {slide_id}.zarr feature stores",
+    )
+    s.add_argument("--encoder", metavar="NAME", help="required encoder name of the feature stores")
+    s.add_argument(
+        "--preflight-dir",
+        type=Path,
+        metavar="DIR",
+        help="directory of {slide_id}.json preflight records",
     )
 
     parser.add_argument("--name", help="cohort name (default: the output directory name)")
-    parser.add_argument("-o", "--out", type=Path, required=True, help="cohort directory to write")
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        required=True,
+        metavar="COHORT_DIR",
+        help="cohort directory to write",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import gzip
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,13 +132,15 @@ def _read_delimited(path: Path, delimiter: str) -> RawTable:
 
 
 def _read_parquet(path: Path) -> RawTable:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    df = pq.read_table(path).to_pandas()
+    try:
+        df = pq.read_table(path).to_pandas()
+    except pa.ArrowException as exc:
+        raise OmicsError(f"{path}: cannot read as Parquet ({exc})") from exc
     if not (df.index.dtype.kind == "i" and df.index.equals(np.arange(len(df)))):
         df = df.reset_index()  # a stored pandas index holds the ids
-    import pyarrow as pa
-
     header = [str(c) for c in df.columns]
     df.columns = [f"c{i}" for i in range(len(header))]
     df["c0"] = df["c0"].astype(str)
@@ -312,8 +315,16 @@ def read_expression(
     """
     if orientation not in ORIENTATIONS:
         raise OmicsError(f"rna orientation {orientation!r} is not one of {ORIENTATIONS}")
+    t0 = time.perf_counter()
     raw = read_table(path)
     path = raw.path
+    log.info(
+        "%s: read %d x %d values in %.1f s (%.1f M values/s)",
+        path,
+        *raw.values.shape,
+        time.perf_counter() - t0,
+        raw.values.size / 1e6 / max(time.perf_counter() - t0, 1e-9),
+    )
     known_genes = set(known_genes)
     known_patients = set(known_patients)
 

@@ -168,7 +168,11 @@ def cohort_args(wildcards, input):
             f"--time-col {CLIN['time_col']} --event-col {CLIN['event_col']}",
             f"--case-col {CLIN.get('case_col', 'case_id')}",
             f"--time-unit {CLIN.get('time_unit', 'months')}",
-            "--event-is-censorship" if CLIN.get("event_is_censorship") else "",
+            (
+                "--event-is-censorship"
+                if CLIN.get("event_is_censorship")
+                else "--event-is-observed"
+            ),
         ]
     if "rna" in input.keys():
         args.append(f"--rna {input.rna}")
