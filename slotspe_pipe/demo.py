@@ -301,8 +301,10 @@ def random_regions(
             shrink = 0.85 ** (attempt // 15)  # crowded slide: try smaller pieces
             shape = _lobed_piece(area * shrink, rng)
             minx, miny, maxx, maxy = shape.bounds
-            if maxx - minx >= room_x or maxy - miny >= room_y:
-                continue
+            fit = min(1.0, 0.98 * room_x / (maxx - minx), 0.98 * room_y / (maxy - miny))
+            if fit < 1.0:  # long thin slides: the piece must fit across the short side
+                shape = affinity.scale(shape, fit, fit, origin=(0, 0))
+                minx, miny, maxx, maxy = shape.bounds
             dx = rng.uniform(frame.bounds[0] - minx, frame.bounds[2] - maxx)
             dy = rng.uniform(frame.bounds[1] - miny, frame.bounds[3] - maxy)
             shape = affinity.translate(shape, dx, dy)
@@ -459,11 +461,17 @@ def write_demo_slide(
 # The cohort
 
 
-def _c_index(patients: pd.DataFrame, score: np.ndarray) -> float:
+def _c_index(patients: pd.DataFrame, score: np.ndarray) -> float | None:
+    """Harrell's C-index of ``score`` on the observed labels; None without a comparable pair."""
+    from sksurv.exceptions import NoComparablePairException
     from sksurv.metrics import concordance_index_censored
 
     event = patients[CENSORSHIP_COL].to_numpy() == 0
-    return float(concordance_index_censored(event, patients[TIME_COL].to_numpy(), score)[0])
+    try:
+        result = concordance_index_censored(event, patients[TIME_COL].to_numpy(), score)
+    except NoComparablePairException:
+        return None
+    return round(float(result[0]), 4)
 
 
 def write_demo_cohort(out_dir: str | os.PathLike[str], spec: DemoSpec) -> dict[str, Any]:
@@ -577,9 +585,9 @@ def _truth(
         # What a perfect model of each view would score on this very cohort: the ceiling
         # against which the pipeline's cross-validated C-index is read.
         "oracle_c_index": {
-            "log_hazard": round(_c_index(patients, patients["log_hazard"].to_numpy()), 4),
-            "z_morph": round(_c_index(patients, patients["z_morph"].to_numpy()), 4),
-            "z_omics": round(_c_index(patients, patients["z_omics"].to_numpy()), 4),
+            "log_hazard": _c_index(patients, patients["log_hazard"].to_numpy()),
+            "z_morph": _c_index(patients, patients["z_morph"].to_numpy()),
+            "z_omics": _c_index(patients, patients["z_omics"].to_numpy()),
         },
         "omics_signal": omics_signal,
         "morphology_signal": {
@@ -612,6 +620,8 @@ def _readme(spec: DemoSpec, truth: dict[str, Any]) -> str:
     broken = truth["broken_slides"]
     missing = [p["case_id"] for p in truth["patients"] if not p["has_rna"]]
     width, height = spec.slide_px
+    oracle = truth["oracle_c_index"]["log_hazard"]
+    oracle = "undefined (no comparable pair)" if oracle is None else oracle
     lines = [
         "# slotspe-pipe synthetic demo cohort",
         "",
@@ -636,7 +646,7 @@ def _readme(spec: DemoSpec, truth: dict[str, Any]) -> str:
         "Risk rises with nuclear density and haematoxylin strength of the tissue, with "
         + ", ".join(f"{p} ({'up' if s > 0 else 'down'})" for p, s in SIGNAL_PATHWAYS.items())
         + ". Details and per-patient values in `truth.json`.",
-        f"Oracle C-index of the true log-hazard on this cohort: {truth['oracle_c_index']['log_hazard']}.",
+        f"C-index of the true log-hazard on these labels (what a perfect model scores): {oracle}.",
         "",
         "## Broken slides (on purpose)",
         "",
