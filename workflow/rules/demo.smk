@@ -18,7 +18,9 @@ checkpoint demo_cohort:
         patients=config["demo"].get("patients", 40),
         seed=config["demo"].get("seed", 0),
         broken=config["demo"].get("broken_slides", 1),
+        slide_px=" ".join(str(v) for v in config["demo"].get("slide_px", [4000, 3000])),
         out=lambda wc, output: os.path.dirname(output.sheet),
     shell:
         "python -m slotspe_pipe demo cohort -o {params.out} --patients {params.patients}"
-        " --seed {params.seed} --broken {params.broken} > {log} 2>&1"
+        " --seed {params.seed} --broken {params.broken} --slide-px {params.slide_px}"
+        " > {log} 2>&1"
