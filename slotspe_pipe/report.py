@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from slotspe_pipe import __version__
 from slotspe_pipe import report_html as h
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 
 THUMB_PX = 400  # max width of embedded slide thumbnails (keeps the page small)
 KM_PX = 560
-ATTENTION_PX = 420
+THUMB_MAX_HEIGHT_PX = 520  # tall sections (needle biopsies) must not make one card a page long
+ATTENTION_PX = 640
 STAGES = ("preflight", "segmentation", "tiling", "extraction", "cohort")
 # Problem kinds, worst first: decides a slide's overall outcome and the row colour.
 KINDS = ("failed", "missing", "excluded")
@@ -53,6 +55,11 @@ class Problem:
     stage: str  # one of STAGES
     kind: str  # one of KINDS: the stage failed, its output is missing, or the cohort left it out
     reason: str
+    check: str = ""  # which check of the stage failed, where the stage records it (preflight)
+
+    @property
+    def where(self) -> str:
+        return f"{self.stage} ({self.check})" if self.check else self.stage
 
 
 @dataclass
@@ -168,9 +175,15 @@ def gather_slide(
             qc.warnings.append(f"preflight record {err}")
         elif qc.preflight:
             qc.warnings += [str(w) for w in qc.preflight.get("warnings") or []]
+            if qc.preflight.get("mpp_is_estimate"):
+                qc.warnings.append(
+                    f"µm/px is an estimate (source: {qc.preflight.get('mpp_source') or 'unknown'})"
+                )
     if row.get("status") != "ok":
-        reason = row.get("reason") or (qc.preflight or {}).get("reason") or "no reason recorded"
-        qc.problems.append(Problem(sid, "preflight", "failed", reason))
+        pre = qc.preflight or {}
+        reason = row.get("reason") or pre.get("reason") or "no reason recorded"
+        check = pre.get("failed_check")
+        qc.problems.append(Problem(sid, "preflight", "failed", reason, check=check or ""))
         return qc  # later stages never ran for this slide; their absence is not news
     if tissue_dir is not None:
         _gather_tissue(qc, tissue_dir / sid)
@@ -187,11 +200,15 @@ def _gather_tissue(qc: SlideQC, folder: Path) -> None:
             Problem(qc.slide_id, "segmentation", "missing", f"tissue output missing: {folder}")
         )
         return
-    qc.tissue, err = _read_json(folder / "summary.json")
-    if err:
-        qc.warnings.append(f"tissue summary {err}")
     thumb = folder / "thumbnail.png"
     qc.tissue_thumbnail = thumb if thumb.is_file() else None
+    qc.tissue, err = _read_json(folder / "summary.json")
+    if err:  # summary.json is written last: without it the segmentation did not finish
+        qc.problems.append(
+            Problem(qc.slide_id, "segmentation", "missing", f"tissue summary.json {err}")
+        )
+        return
+    qc.warnings += [f"segmentation: {w}" for w in qc.tissue.get("warnings") or []]
 
 
 def _gather_tiles(qc: SlideQC, tiles_dir: Path) -> None:
@@ -311,7 +328,8 @@ def _exclusions(summary: dict[str, Any], entity: str) -> list[tuple[str, str]]:
             path = (*trail, str(key))
             names_entity = any(entity in part.lower() for part in path)
             if names_entity and _EXCLUDED_KEY.search(str(key)):
-                found.extend(_as_pairs(value))
+                # An id listed without a reason gets the key it was listed under as its reason.
+                found.extend(_as_pairs(value, default_reason=" / ".join(path).replace("_", " ")))
             elif isinstance(value, dict):
                 walk(value, path)
 
@@ -319,15 +337,20 @@ def _exclusions(summary: dict[str, Any], entity: str) -> list[tuple[str, str]]:
     return found
 
 
-def _as_pairs(value: Any) -> list[tuple[str, str]]:
-    """Exclusions written as {id: reason}, [{slide_id, reason}], [id, ...] or {reason: [ids]}."""
+def _as_pairs(value: Any, default_reason: str = "") -> list[tuple[str, str]]:
+    """Exclusions written as {id: reason}, [{slide_id, reason}], [id, ...] or {reason: [ids]}.
+
+    Numbers are counts (``excluded_by_reason: {"no usable slide": 3}``), not ids: skipped.
+    """
     if isinstance(value, dict):
         pairs: list[tuple[str, str]] = []
         for key, val in value.items():
+            if isinstance(val, int | float):
+                continue
             if isinstance(val, list) and all(isinstance(v, str) for v in val):
                 pairs += [(v, str(key)) for v in val]  # {reason: [ids]}
             else:
-                pairs.append((str(key), _reason_text(val)))
+                pairs.append((str(key), _reason_text(val) or default_reason))
         return pairs
     if isinstance(value, list):
         pairs = []
@@ -336,11 +359,11 @@ def _as_pairs(value: Any) -> list[tuple[str, str]]:
                 ident = next((item[k] for k in _ID_KEYS if item.get(k) not in (None, "")), None)
                 reason = next((item[k] for k in _REASON_KEYS if item.get(k) not in (None, "")), "")
                 rest = {k: v for k, v in item.items() if k not in _ID_KEYS}
-                pairs.append((str(ident), _reason_text(reason or rest)))
+                pairs.append((str(ident), _reason_text(reason or rest) or default_reason))
             elif isinstance(item, list | tuple) and len(item) == 2:
-                pairs.append((str(item[0]), _reason_text(item[1])))
-            else:
-                pairs.append((str(item), ""))
+                pairs.append((str(item[0]), _reason_text(item[1]) or default_reason))
+            elif isinstance(item, str):
+                pairs.append((item, default_reason))
         return pairs
     return []  # a bare count: rendered with the summary, nothing to list
 
@@ -419,7 +442,7 @@ def _seed_number(path: Path) -> int:
 
 
 def _fold_number(png: Path) -> int:
-    match = re.search(r"fold_(\d+)", str(png))
+    match = re.fullmatch(r"fold_(\d+)", png.parents[1].name)  # fold_{k}/attention/{case}.png
     return int(match.group(1)) if match else -1
 
 
@@ -465,12 +488,17 @@ def _overview(
     ok = sum(1 for s in slides if s.slide_id not in failed_ids)
     patients, events, with_omics = _patient_counts(cohort)
     patches = sum(int(s.tiles["n"]) for s in slides if s.tiles)
+    extracted = [s.extraction for s in slides if s.extraction and s.feature_attrs]
+    seconds = sum(h.as_float(e.get("seconds")) or 0.0 for e in extracted)
+    n_extracted = sum(int(h.as_float(e.get("n_patches")) or 0) for e in extracted)
+    rate = f"{n_extracted / seconds:,.1f}" if seconds > 0 else "–"
     stats = [
         _stat(total, "slides"),
         _stat(ok, "slides processed", "good" if ok == total else ""),
         _stat(len(failed_ids), "slides failed", "bad" if failed_ids else "good"),
         _stat(len(excluded_ids), "excluded by cohort", "warn" if excluded_ids else ""),
         _stat(f"{patches:,}", "patches"),
+        _stat(rate, "patches/s extracted"),
         _stat(patients, "patients"),
         _stat(events, "events (deaths)"),
         _stat(with_omics, "patients with RNA"),
@@ -498,15 +526,18 @@ def _patient_counts(cohort: Cohort) -> tuple[Any, Any, Any]:
         return len(frame), events, omics
     summary = cohort.summary or {}
     return (
-        _find_count(summary, ("n_patients", "patients_in", "patients")),
-        _find_count(summary, ("n_events", "events")),
-        _find_count(summary, ("n_with_omics", "patients_with_omics", "has_omics")),
+        _find_count(summary, [("n_patients",), ("patients", "in_cohort"), ("patients", "in")]),
+        _find_count(summary, [("n_events",), ("events", "observed"), ("events",)]),
+        _find_count(summary, [("n_with_omics",), ("patients", "with_omics")]),
     )
 
 
-def _find_count(summary: dict[str, Any], keys: Sequence[str]) -> Any:
-    for key in keys:
-        value = summary.get(key)
+def _find_count(summary: dict[str, Any], paths: Sequence[tuple[str, ...]]) -> Any:
+    """The first of ``paths`` (key paths into the summary) that holds a count or a list."""
+    for path in paths:
+        value: Any = summary
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, int | float) and not isinstance(value, bool):
             return value
         if isinstance(value, list):
@@ -525,7 +556,7 @@ def _failures(problems: list[Problem], slides: dict[str, SlideQC]) -> h.Html:
         qc = slides.get(p.slide_id)
         path = qc.fact("slide_path") if qc else None
         rows.append(
-            [h.tag("b", p.slide_id), p.stage, h.badge(p.kind, p.kind), p.reason, path or "–"]
+            [h.tag("b", p.slide_id), p.where, h.badge(p.kind, p.kind), p.reason, path or "–"]
         )
         classes.append(f"row-{p.kind}")
     n_slides = len({p.slide_id for p in problems})
@@ -553,10 +584,12 @@ def _mpp_text(qc: SlideQC) -> str:
     return "–" if mpp is None else f"{mpp:.4f}"
 
 
-def _patch_text(qc: SlideQC) -> str:
+def _patch_text(qc: SlideQC, short: bool = False) -> str:
     if not qc.tiles:
         return "–"
     t = qc.tiles
+    if short:
+        return f"{t.get('patch_px')} ({t.get('patch_px_level0')})"
     return f"{t.get('patch_px')} px @ {h.fmt(t.get('target_mpp'))} µm/px = {t.get('patch_px_level0')} px L0"
 
 
@@ -585,16 +618,15 @@ def _slide_qc(slides: list[SlideQC]) -> h.Html:
         "Slide",
         "Status",
         "Reader",
-        "Vendor",
         "µm/px",
         "µm/px source",
         "Level-0 px",
         "Tissue mm²",
         "Regions",
         "Patches",
-        "Patch size",
+        "Patch px (L0 px)",
         "Read level",
-        "Extraction s",
+        "Extract s",
         "Patches/s",
     ]
     rows, classes = [], []
@@ -606,31 +638,38 @@ def _slide_qc(slides: list[SlideQC]) -> h.Html:
                 h.Html(f'<a href="#slide-{h.esc(qc.slide_id)}">{h.esc(qc.slide_id)}</a>'),
                 _status_badge(qc),
                 qc.fact("reader") or "–",
-                (qc.preflight or {}).get("vendor") or "–",
                 _mpp_text(qc),
                 qc.fact("mpp_source") or "–",
                 _level0_text(qc),
-                _fixed(tissue.get("tissue_area_mm2"), 2),
+                h.fmt_fixed(tissue.get("tissue_area_mm2"), 2),
                 tissue.get("n_regions"),
                 f"{qc.tiles['n']:,}" if qc.tiles else "–",
-                _patch_text(qc),
+                _patch_text(qc, short=True),
                 (qc.tiles or {}).get("read_level"),
-                _fixed(extraction.get("seconds"), 1),
-                _fixed(extraction.get("patches_per_s"), 1),
+                h.fmt_fixed(extraction.get("seconds"), 1),
+                h.fmt_fixed(extraction.get("patches_per_s"), 1),
             ]
         )
         classes.append(f"row-{qc.outcome}" if qc.outcome != "ok" else None)
     table = h.table(
-        headers, rows, sortable=True, row_classes=classes, numeric=(4, 7, 8, 9, 11, 12, 13)
+        headers,
+        rows,
+        sortable=True,
+        row_classes=classes,
+        numeric=(3, 6, 7, 8, 9, 10, 11, 12),
+        nowrap=(0, 1, 4, 5),
     )
-    cards = h.Html(f'<div class="cards">{h.join(_slide_card(qc) for qc in slides)}</div>')
+    # Thumbnail encoding is the slow part of the report (~50 ms a slide): show progress.
+    progress = tqdm(slides, desc="report: slide cards", unit="slide", mininterval=5)
+    cards = h.Html(f'<div class="cards">{h.join(_slide_card(qc) for qc in progress)}</div>')
     return h.section(
         "slides",
         "Per-slide QC",
         h.tag(
             "p",
-            "Thumbnails show the patch grid (tiling) and the tissue contours (segmentation). "
-            "Click a column header to sort.",
+            "One row and one card per slide. Card thumbnails show the patch grid; open "
+            "“tissue contours” for the segmentation. Patch px is the patch side at the target "
+            "µm/px, L0 px its side in level-0 pixels. Click a column header to sort.",
             cls="muted",
         ),
         table,
@@ -638,78 +677,71 @@ def _slide_qc(slides: list[SlideQC]) -> h.Html:
     )
 
 
-def _fixed(value: Any, decimals: int) -> str:
-    return h.fmt_fixed(value, decimals)
-
-
 def _slide_card(qc: SlideQC) -> h.Html:
-    outcome = qc.outcome
+    """A slide's thumbnail, key facts, problems and warnings; raw records folded away."""
     parts: list[Any] = [
         h.Html(
             f'<h3 id="slide-{h.esc(qc.slide_id)}"><span>{h.esc(qc.slide_id)}</span>'
             f"{_status_badge(qc).markup}</h3>"
         )
     ]
-    for p in qc.problems:
-        parts.append(h.tag("div", f"{p.stage}: {p.reason}", cls="reason"))
-    if qc.status.get("status") == "ok":
-        if qc.grid_png is not None:
-            parts.append(h.image(qc.grid_png, alt=f"{qc.slide_id} patch grid", max_width=THUMB_PX))
-        else:
-            parts.append(
-                h.image(
-                    qc.tissue_thumbnail,
-                    alt=f"{qc.slide_id} tissue",
-                    max_width=THUMB_PX,
-                    what="patch grid thumbnail",
-                )
+    parts += [h.tag("div", f"{p.where}: {p.reason}", cls="reason") for p in qc.problems]
+    ran = qc.status.get("status") == "ok"  # later stages ran only for slides preflight passed
+    if ran:
+        if qc.grid_png is not None or qc.tissue_thumbnail is None:
+            grid = h.image(
+                qc.grid_png,
+                alt=f"{qc.slide_id} patch grid",
+                max_width=THUMB_PX,
+                max_height=THUMB_MAX_HEIGHT_PX,
+                what="patch grid thumbnail",
             )
-    facts = [
+        else:  # no grid drawn (tiling missing): the contour thumbnail is the best view left
+            grid = h.image(
+                qc.tissue_thumbnail,
+                alt=f"{qc.slide_id} tissue",
+                max_width=THUMB_PX,
+                max_height=THUMB_MAX_HEIGHT_PX,
+            )
+        parts.append(grid)
+        parts.append(h.tag("div", h.kv_table(_card_facts(qc), humanize_keys=False), cls="facts"))
+    else:
+        parts.append(h.tag("div", f"file: {qc.fact('slide_path') or 'unknown'}", cls="facts"))
+    parts += [h.tag("div", f"⚠ {w}", cls="muted") for w in qc.warnings]
+    if ran and qc.grid_png is not None and qc.tissue_thumbnail is not None:
+        contours = h.image(
+            qc.tissue_thumbnail,
+            alt=f"{qc.slide_id} tissue contours",
+            max_width=THUMB_PX,
+            max_height=THUMB_MAX_HEIGHT_PX,
+        )
+        parts.append(h.details("tissue contours", contours))
+    records = _slide_records(qc)
+    if records is not None:
+        parts.append(records)
+    cls = "card" + (f" {qc.outcome}" if qc.outcome in ("failed", "missing") else "")
+    return h.tag("div", h.join(parts), cls=cls)
+
+
+def _card_facts(qc: SlideQC) -> list[tuple[str, Any]]:
+    facts: list[tuple[str, Any]] = [
         ("µm/px", f"{_mpp_text(qc)} ({qc.fact('mpp_source') or 'source unknown'})"),
         ("reader", qc.fact("reader") or "–"),
     ]
     if qc.tissue:
-        facts.append(
-            (
-                "tissue",
-                f"{_fixed(qc.tissue.get('tissue_area_mm2'), 2)} mm², {h.fmt(qc.tissue.get('n_regions'))} region(s)",
-            )
-        )
+        area = h.fmt_fixed(qc.tissue.get("tissue_area_mm2"), 2)
+        facts.append(("tissue", f"{area} mm², {h.fmt(qc.tissue.get('n_regions'))} region(s)"))
     if qc.tiles:
         facts.append(("patches", f"{qc.tiles['n']:,} × {_patch_text(qc)}"))
     if qc.extraction and qc.extraction.get("status", "ok") == "ok":
-        facts.append(
-            (
-                "extraction",
-                f"{_fixed(qc.extraction.get('seconds'), 1)} s, "
-                f"{_fixed(qc.extraction.get('patches_per_s'), 1)} patches/s",
-            )
-        )
-    parts.append(h.tag("div", h.kv_table(facts), cls="facts"))
-    for warning in qc.warnings:
-        parts.append(h.tag("div", f"⚠ {warning}", cls="muted"))
-    more = _slide_details(qc)
-    if more is not None:
-        parts.append(more)
-    cls = "card" + (f" {outcome}" if outcome in ("failed", "missing") else "")
-    return h.tag("div", h.join(parts), cls=cls)
+        seconds = h.fmt_fixed(qc.extraction.get("seconds"), 1)
+        rate = h.fmt_fixed(qc.extraction.get("patches_per_s"), 1)
+        facts.append(("extraction", f"{seconds} s, {rate} patches/s"))
+    return facts
 
 
-def _slide_details(qc: SlideQC) -> h.Html | None:
-    """The collapsible part of a card: contour thumbnail and the raw stage records."""
-    inner: list[Any] = []
-    if qc.grid_png is not None and qc.status.get("status") == "ok":
-        inner.append(
-            h.figure(
-                h.image(
-                    qc.tissue_thumbnail,
-                    alt=f"{qc.slide_id} tissue contours",
-                    max_width=THUMB_PX,
-                    what="tissue thumbnail",
-                ),
-                "tissue contours",
-            )
-        )
+def _slide_records(qc: SlideQC) -> h.Html | None:
+    """Every stage record of the slide, as recorded (for the questions the card does not answer)."""
     records = {
         "preflight": _without(qc.preflight, ("associated_images",)),
         "tissue": qc.tissue,
@@ -717,12 +749,8 @@ def _slide_details(qc: SlideQC) -> h.Html | None:
         "extraction": qc.extraction,
         "features": _without(qc.feature_attrs, ("slotspe_store",)),
     }
-    for name, record in records.items():
-        if record:
-            inner.append(h.details(f"{name} record", h.render_value(record)))
-    if not inner:
-        return None
-    return h.details("details", h.join(inner))
+    inner = [h.details(name, h.render_value(rec)) for name, rec in records.items() if rec]
+    return h.details("stage records", h.join(inner)) if inner else None
 
 
 def _without(record: dict[str, Any] | None, keys: Sequence[str]) -> dict[str, Any] | None:
@@ -731,7 +759,7 @@ def _without(record: dict[str, Any] | None, keys: Sequence[str]) -> dict[str, An
     return {k: v for k, v in record.items() if k not in keys}
 
 
-def _cohort_section(cohort: Cohort, slides_by_id: dict[str, SlideQC]) -> h.Html:
+def _cohort_section(cohort: Cohort) -> h.Html:
     parts: list[Any] = []
     for err in cohort.errors:
         parts.append(h.note(err, "warn"))
@@ -741,7 +769,9 @@ def _cohort_section(cohort: Cohort, slides_by_id: dict[str, SlideQC]) -> h.Html:
     if frame is not None and "time" in frame.columns:
         times = pd.to_numeric(frame["time"], errors="coerce").dropna()
         if len(times):
-            stats.append(_stat(f"{times.median():.1f}", "median follow-up"))
+            unit = _time_unit(cohort)
+            label = f"median follow-up ({unit})" if isinstance(unit, str) else "median follow-up"
+            stats.append(_stat(f"{times.median():.1f}", label))
     stats.append(_stat(with_omics, "with RNA"))
     if frame is not None and "slide_ids" in frame.columns:
         n_slides = sum(len(_split_ids(v)) for v in frame["slide_ids"])
@@ -754,15 +784,18 @@ def _cohort_section(cohort: Cohort, slides_by_id: dict[str, SlideQC]) -> h.Html:
     if cohort.excluded_slides:
         parts += [
             h.tag("h3", f"Slides excluded by the cohort join ({len(cohort.excluded_slides)})"),
-            h.table(["Slide", "Reason"], cohort.excluded_slides, sortable=True),
+            h.table(["Slide", "Reason"], cohort.excluded_slides, sortable=True, cls="narrow"),
         ]
     if cohort.excluded_patients:
         parts += [
             h.tag("h3", f"Patients excluded ({len(cohort.excluded_patients)})"),
-            h.table(["Patient", "Reason"], cohort.excluded_patients, sortable=True),
+            h.table(["Patient", "Reason"], cohort.excluded_patients, sortable=True, cls="narrow"),
         ]
     if cohort.summary:
-        parts += [h.tag("h3", "Cohort summary"), h.render_value(cohort.summary)]
+        # The counts and exclusions above are the summary's headline; the rest is for digging.
+        parts.append(
+            h.details("full cohort summary (summary.json)", h.render_value(cohort.summary))
+        )
     if frame is not None:
         parts.append(
             h.details(
@@ -771,6 +804,16 @@ def _cohort_section(cohort: Cohort, slides_by_id: dict[str, SlideQC]) -> h.Html:
             )
         )
     return h.section("cohort", f"Cohort: {cohort.name}", *parts)
+
+
+def _time_unit(cohort: Cohort) -> str | None:
+    """The survival time unit: patients.csv's time_unit column, else the summary's settings."""
+    frame = cohort.patients
+    if frame is not None and "time_unit" in frame.columns and len(frame):
+        return str(frame["time_unit"].iloc[0])
+    summary = cohort.summary or {}
+    unit = (summary.get("settings") or {}).get("time_unit") or summary.get("time_unit")
+    return unit if isinstance(unit, str) else None
 
 
 def _split_ids(value: Any) -> list[str]:
@@ -810,7 +853,7 @@ def _fold_table(cohort: Cohort) -> h.Html | None:
         )
         rows.append([*key, len(group), events])
     headers = [h.humanize(c) for c in by] + ["Patients", "Events"]
-    return h.table(headers, rows, numeric=(len(by), len(by) + 1))
+    return h.table(headers, rows, numeric=(len(by), len(by) + 1), cls="narrow")
 
 
 # ------------------------------- models ---------------------------------------------------------
@@ -835,7 +878,9 @@ def metric(summary: dict[str, Any], name: str) -> tuple[float | None, float | No
 
 
 def _fold_values(summary: dict[str, Any], name: str) -> list[float]:
-    folds = summary.get("folds") or []
+    folds = summary.get("folds")
+    if not isinstance(folds, list):
+        return []
     return [v for f in folds if isinstance(f, dict) and (v := h.as_float(f.get(name))) is not None]
 
 
@@ -861,7 +906,7 @@ _EXTRA_ROWS = (
 
 def _metrics_rows(run: ModelRun) -> list[tuple[list[Any], str | None]]:
     s = run.summary or {}
-    n_folds = len(s.get("folds") or [])
+    n_folds = len(_fold_values(s, "c_index"))
     ipcw = metric(s, "c_index_ipcw")
     ibs = metric(s, "ibs")
     rows = [
@@ -907,7 +952,7 @@ def _pooled_seed_row(model: str, runs: list[ModelRun]) -> list[Any]:
         values = [v for r in runs for v in _fold_values(r.summary or {}, name)]
         return mean_std(float(np.mean(values)), float(np.std(values))) if values else "–"
 
-    n = sum(len((r.summary or {}).get("folds") or []) for r in runs)
+    n = sum(len(_fold_values(r.summary or {}, "c_index")) for r in runs)
     seeds = ", ".join(str(r.seed) for r in runs)
     return [
         h.tag("b", f"{model} (all seeds)"),
@@ -941,7 +986,7 @@ def _models_section(runs: list[ModelRun], why_none: str | None) -> h.Html:
                         "–",
                         "–",
                         "–",
-                        h.badge(f"summary {run.error}", "missing"),
+                        h.tag("span", f"summary {run.error}", cls="warn-text"),
                     ]
                 )
                 classes.append("row-missing")
@@ -961,7 +1006,7 @@ def _models_section(runs: list[ModelRun], why_none: str | None) -> h.Html:
             "over the validation predictions of all folds together.",
             cls="muted",
         ),
-        h.table(headers, rows, row_classes=classes, numeric=(1, 2, 3, 4, 5, 6)),
+        h.table(headers, rows, row_classes=classes, numeric=(1, 2, 3, 4, 5, 6), nowrap=(0,)),
     ]
     for run in runs:
         folds = (run.summary or {}).get("folds")
@@ -1033,8 +1078,8 @@ def _attention_section(runs: list[ModelRun], n_patients: int, cohort: Cohort) ->
     parts: list[Any] = [
         h.tag(
             "p",
-            f"Heatmaps of slot attention over the patch grid for up to {n_patients} validation "
-            "patients per model (first folds first).",
+            f"Heatmaps of attention over the patch grid for up to {n_patients} validation "
+            "patients per model, taken from the folds in turn.",
             cls="muted",
         )
     ]
@@ -1042,14 +1087,13 @@ def _attention_section(runs: list[ModelRun], n_patients: int, cohort: Cohort) ->
         groups: dict[tuple[int, str], list[Path]] = {}
         for fold, png in run.attention:
             groups.setdefault((fold, _patient_key(png)), []).append(png)
-        chosen = list(groups.items())[:n_patients]
+        chosen = _round_robin(groups, n_patients)
         parts.append(
             h.tag("h3", f"{model}, seed {run.seed} ({len(chosen)} of {len(groups)} patients)")
         )
+        blocks = []
         for (fold, case), pngs in chosen:
-            caption = f"patient {case}, validation fold {fold}"
-            if case in info:
-                caption += f" — {info[case]}"
+            who = f"patient {case}, validation fold {fold}"
             figs = [
                 h.figure(
                     h.image(png, alt=f"attention {case}", max_width=ATTENTION_PX, what="heatmap"),
@@ -1057,16 +1101,34 @@ def _attention_section(runs: list[ModelRun], n_patients: int, cohort: Cohort) ->
                 )
                 for png in pngs
             ]
-            parts.append(
-                h.Html(
-                    f'<div class="attn-row">{h.tag("div", caption, cls="muted").markup}'
-                    f'<div class="figs">{h.join(figs)}</div></div>'
+            blocks.append(
+                h.tag(
+                    "div",
+                    h.join([h.tag("div", who, cls="who"), info.get(case, ""), *figs]),
+                    cls="attn-patient",
                 )
             )
+        parts.append(h.tag("div", h.join(blocks), cls="attn"))
     return h.section("attention", "Slot attention", *parts)
 
 
-def _patient_info(cohort: Cohort) -> dict[str, str]:
+def _round_robin(
+    groups: dict[tuple[int, str], list[Path]], n: int
+) -> list[tuple[tuple[int, str], list[Path]]]:
+    """Up to ``n`` patients taken from the folds in turn, so one fold does not fill the page."""
+    by_fold: dict[int, list[tuple[tuple[int, str], list[Path]]]] = {}
+    for key, pngs in sorted(groups.items()):
+        by_fold.setdefault(key[0], []).append((key, pngs))
+    chosen: list[tuple[tuple[int, str], list[Path]]] = []
+    queues = list(by_fold.values())
+    while len(chosen) < n and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def _patient_info(cohort: Cohort) -> dict[str, h.Html]:
     frame = cohort.patients
     if frame is None or "case_id" not in frame.columns:
         return {}
@@ -1077,7 +1139,7 @@ def _patient_info(cohort: Cohort) -> dict[str, str]:
             bits.append(f"time {h.fmt(h.as_float(row['time']))}")
         if "event" in row:
             bits.append("event observed" if h.as_float(row["event"]) == 1 else "censored")
-        info[str(row["case_id"])] = ", ".join(bits)
+        info[str(row["case_id"])] = h.tag("div", ", ".join(bits), cls="muted")
     return info
 
 
@@ -1223,7 +1285,7 @@ def build_report(
         _guarded("overview", "Run overview", lambda: _overview(slides, problems, cohort, runs)),
         _failures(problems, by_id),
         _guarded("slides", "Per-slide QC", lambda: _slide_qc(slides)),
-        _guarded("cohort", "Cohort", lambda: _cohort_section(cohort, by_id)),
+        _guarded("cohort", "Cohort", lambda: _cohort_section(cohort)),
         _guarded("models", "Model metrics", lambda: _models_section(runs, why_none)),
         _guarded("km", "Kaplan–Meier curves", lambda: _km_section(runs)),
         _guarded(

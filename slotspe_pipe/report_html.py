@@ -108,18 +108,19 @@ def table(
     cls: str = "",
     row_classes: Sequence[str | None] | None = None,
     numeric: Sequence[int] = (),
+    nowrap: Sequence[int] = (),
 ) -> Html:
-    """A table; ``numeric`` column indices are right-aligned. Click-to-sort when ``sortable``."""
+    """A table; ``numeric`` columns are right-aligned, ``nowrap`` columns never break lines.
+
+    Click-to-sort on the headers when ``sortable`` (optional inline script; works without it).
+    """
     rows = list(rows)
     classes = " ".join(c for c in ("data", "sortable" if sortable else "", cls) if c)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
         row_cls = row_classes[i] if row_classes is not None else None
-        cells = "".join(
-            f'<td class="num">{piece(v)}</td>' if j in numeric else f"<td>{piece(v)}</td>"
-            for j, v in enumerate(row)
-        )
+        cells = "".join(_cell(v, j in numeric, j in nowrap) for j, v in enumerate(row))
         body.append(f'<tr class="{row_cls}">{cells}</tr>' if row_cls else f"<tr>{cells}</tr>")
     return Html(
         f'<div class="table-wrap"><table class="{classes}"><thead><tr>{head}</tr></thead>'
@@ -127,11 +128,19 @@ def table(
     )
 
 
-def kv_table(pairs: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Html:
-    """A two-column key/value table; keys are humanised (``patients_in`` -> ``Patients in``)."""
+def _cell(value: Any, numeric: bool, nowrap: bool) -> str:
+    classes = " ".join(c for c, on in (("num", numeric), ("nowrap", nowrap)) if on)
+    return f'<td class="{classes}">{piece(value)}</td>' if classes else f"<td>{piece(value)}</td>"
+
+
+def kv_table(
+    pairs: Mapping[str, Any] | Iterable[tuple[str, Any]], *, humanize_keys: bool = True
+) -> Html:
+    """A two-column key/value table; JSON keys are humanised (``patients_in`` -> ``Patients in``)."""
     items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    label = humanize if humanize_keys else str
     rows = "".join(
-        f"<tr><th>{html.escape(humanize(k))}</th><td>{piece(v)}</td></tr>" for k, v in items
+        f"<tr><th>{html.escape(label(k))}</th><td>{piece(v)}</td></tr>" for k, v in items
     )
     return Html(f'<table class="kv"><tbody>{rows}</tbody></table>')
 
@@ -139,7 +148,8 @@ def kv_table(pairs: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Html:
 def humanize(key: str) -> str:
     """``n_patients_in`` -> ``N patients in``: JSON keys as readable labels."""
     text = str(key).replace("_", " ").strip()
-    return text[:1].upper() + text[1:] if text else text
+    # Only ASCII is capitalised: "µm/px" must not become "Μm/px".
+    return text[:1].upper() + text[1:] if text[:1].isascii() else text
 
 
 def details(summary: Any, content: Any, *, open_: bool = False, cls: str | None = None) -> Html:
@@ -166,7 +176,10 @@ def render_value(value: Any, depth: int = 0) -> Html:
             return Html('<span class="muted">(empty)</span>')
         if depth >= MAX_DEPTH:
             return tag("code", _compact(value))
-        return kv_table((k, render_value(v, depth + 1)) for k, v in value.items())
+        rendered = kv_table((k, render_value(v, depth + 1)) for k, v in value.items())
+        if len(value) > LIST_PREVIEW:  # e.g. hundreds of excluded ids: folded, never dropped
+            return details(f"{len(value)} entries", rendered)
+        return rendered
     if isinstance(value, list | tuple):
         if not value:
             return Html('<span class="muted">(none)</span>')
@@ -218,7 +231,8 @@ def png_data_uri(
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
     image.thumbnail((max_width, max_height or max_width * 4), Image.Resampling.LANCZOS)
-    palette = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    # Fast octree: 25x quicker than median cut at 400 px and smaller files, no visible loss on H&E.
+    palette = image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     buf = io.BytesIO()
     palette.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -304,7 +318,7 @@ h2 { font-size:18px; margin:0 0 12px; padding-bottom:6px; border-bottom:2px soli
   color:var(--accent); }
 h3 { font-size:15px; margin:18px 0 8px; }
 .meta { color:var(--grey); font-size:13px; }
-.meta span { margin-right:18px; white-space:nowrap; }
+.meta { display:flex; flex-wrap:wrap; column-gap:20px; row-gap:2px; }
 nav { margin-top:10px; font-size:13px; }
 nav a { color:var(--accent); text-decoration:none; margin-right:16px; }
 nav a:hover { text-decoration:underline; }
@@ -315,9 +329,11 @@ section#failures { border-left:5px solid var(--bad); }
 .table-wrap { overflow-x:auto; }
 table { border-collapse:collapse; font-size:13px; }
 table.data { width:100%; }
+table.data.narrow { width:auto; min-width:40%; }
+table.data td.nowrap { white-space:nowrap; }
 table.data th, table.data td { padding:5px 9px; border-bottom:1px solid var(--line); text-align:left;
   vertical-align:top; }
-table.data thead th { background:#e8edf3; position:sticky; top:0; font-weight:600; white-space:nowrap; }
+table.data thead th { background:#e8edf3; font-weight:600; vertical-align:bottom; }
 table.data tbody tr:nth-child(even) { background:#f7f9fb; }
 table.data tbody tr.row-failed { background:var(--bad-bg); }
 table.data tbody tr.row-missing { background:var(--warn-bg); }
@@ -340,11 +356,11 @@ table.kv table.kv { margin:0; }
 .note-warn { background:var(--warn-bg); color:#5c3d00; }
 .note-failed { background:var(--bad-bg); color:#7a1912; }
 .note-ok { background:var(--ok-bg); color:#14521f; }
-.stats { display:flex; flex-wrap:wrap; gap:12px; }
-.stat { flex:1 1 130px; background:#f7f9fb; border:1px solid var(--line); border-radius:6px;
-  padding:10px 14px; }
+.stats { display:grid; grid-template-columns:repeat(auto-fit, minmax(96px, 1fr)); gap:8px; }
+.stat { background:#f7f9fb; border:1px solid var(--line); border-radius:6px;
+  padding:8px 10px; }
 .stat .v { font-size:24px; font-weight:600; font-variant-numeric:tabular-nums; }
-.stat .k { color:var(--grey); font-size:12px; text-transform:uppercase; letter-spacing:.03em; }
+.stat .k { color:var(--grey); font-size:11px; text-transform:uppercase; letter-spacing:.02em; }
 .stat.bad .v { color:var(--bad); } .stat.good .v { color:var(--ok); } .stat.warn .v { color:var(--warn); }
 .cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(300px, 1fr)); gap:14px;
   margin-top:14px; }
@@ -364,9 +380,12 @@ figcaption { font-size:12px; color:var(--grey); margin-top:4px; }
 details { margin:6px 0; }
 details summary { cursor:pointer; color:var(--accent); }
 .muted { color:var(--grey); }
+.warn-text { color:var(--warn); word-break:break-all; }
 .long-list { max-height:240px; overflow:auto; font-size:12px; }
 code { font-size:12px; background:#f1f3f5; padding:0 3px; border-radius:3px; word-break:break-all; }
-.attn-row { border-top:1px solid var(--line); padding-top:10px; margin-top:10px; }
+.attn { display:flex; flex-wrap:wrap; gap:18px; }
+.attn-patient { border:1px solid var(--line); border-radius:6px; padding:8px; background:#fafbfc; }
+.attn-patient .who { font-weight:600; font-size:13px; margin-bottom:4px; }
 footer { max-width:1280px; margin:0 auto 24px; padding:0 32px; color:var(--grey); font-size:12px; }
 @media print { nav, details summary { display:none; } section { break-inside:avoid; } }
 """

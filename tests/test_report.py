@@ -174,21 +174,38 @@ def make_run(root: Path) -> dict:
 
     cohort = root / "cohort" / "demo"
     cohort.mkdir(parents=True)
+    # The layout slotspe_pipe.cohort writes (patients/folds/slides.csv, summary.json).
     (cohort / "patients.csv").write_text(
-        "case_id,time,event,has_omics,slide_ids\n"
-        "P1,12.0,1,True,S1\nP2,30.5,0,True,S2\nP4,8.0,1,False,S4\nP5,22.0,0,True,S5\n"
+        "case_id,time,event,has_omics,slide_ids,n_slides,time_unit\n"
+        "P1,12.0,1,True,S1,1,months\nP2,30.5,0,True,S2,1,months\n"
+        "P4,8.0,1,False,S4,1,months\nP5,22.0,0,True,S5,1,months\n"
     )
-    (cohort / "folds.csv").write_text("case_id,fold\nP1,0\nP2,0\nP4,1\nP5,1\n")
-    (cohort / "slides.csv").write_text("slide_id,case_id\nS1,P1\nS2,P2\nS4,P4\nS5,P5\n")
+    folds = ["fold,case_id,split"]
+    for fold, val in ((0, ("P1", "P2")), (1, ("P4", "P5"))):
+        folds += [f"{fold},{c},{'val' if c in val else 'train'}" for c in ("P1", "P2", "P4", "P5")]
+    (cohort / "folds.csv").write_text("\n".join(folds) + "\n")
+    (cohort / "slides.csv").write_text(
+        "slide_id,case_id,features_path\n"
+        + "".join(f"S{i},P{i},{root}/features/S{i}.zarr\n" for i in (1, 2, 4, 5))
+    )
     (cohort / "summary.json").write_text(
         json.dumps(
             {
                 "name": "demo",
-                "patients": {"in": 4, "out": {"P9": "no RNA-seq and no slides"}},
-                "events": 2,
-                "pathways_kept": 50,
-                "genes_found": 4321,
-                "excluded_slides": [{"slide_id": "S6", "reason": COHORT_REASON}],
+                "settings": {"time_unit": "months"},
+                "slides": {
+                    "in_sheet": 6,
+                    "usable": 4,
+                    "excluded": {"S6": COHORT_REASON},
+                    "excluded_by_reason": {"no clinical record for patient P6": 1},
+                },
+                "omics": {"pathways_kept": 50, "genes_found": 4321},
+                "patients": {
+                    "in_cohort": 4,
+                    "excluded_by_reason": {"no usable slide": 1},
+                    "excluded": {"P9": "no RNA-seq and no slides"},
+                },
+                "events": {"observed": 2, "censored": 2},
                 "genes_missing": [f"GENE{i}" for i in range(80)],
             }
         )
@@ -277,6 +294,7 @@ def test_overview_counts(page: str) -> None:
     assert stats["excluded by cohort"] == "1"
     assert stats["patients"] == "4" and stats["events (deaths)"] == "2"
     assert stats["patches"] == f"{4 * 40 + 25:,}"
+    assert stats["patches/s extracted"] == f"{(3 * 40 + 25) / (4 * 12.5):.1f}"  # ok records only
 
 
 def test_metrics_mean_std_per_model(page: str) -> None:
@@ -293,6 +311,24 @@ def test_metrics_mean_std_per_model(page: str) -> None:
     # A run without summary is shown as missing, not dropped.
     abmil = next(r for r in models.split("<tr") if "<b>abmil</b>" in r)
     assert "summary missing" in abmil
+
+
+def test_several_seeds_get_a_row_over_all_folds(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    args = make_run(root)
+    seed2 = root / "models" / "snn" / "seed_2"
+    seed2.mkdir()
+    (seed2 / "summary.json").write_text(
+        json.dumps(
+            {"model": "snn", "folds": [{"fold": 0, "c_index": 0.5}, {"fold": 1, "c_index": 0.7}]}
+        )
+    )
+    models = _section(build_report(**args), "models")
+    row = next(r for r in models.split("<tr") if "snn (all seeds)" in r)
+    values = [0.60, 0.62, 0.64, 0.5, 0.7]
+    assert f"{np.mean(values):.3f} ± {np.std(values):.3f}" in row
+    assert "1, 2" in row
 
 
 def test_metric_prefers_summary_and_falls_back_to_folds() -> None:
@@ -318,7 +354,8 @@ def test_images_embedded_and_downscaled(page: str) -> None:
     assert len(km) == 2 and all(img.width <= 560 for img in km)
     attention = _section(page, "attention")
     assert len(_images(attention)) == 2  # --attention-patients 2 of the 3 available
-    assert "patient P1" in attention and "patient P2" in attention and "patient P4" not in attention
+    # Patients are taken from the folds in turn: P1 (fold 0), then P4 (fold 1), not P2.
+    assert "patient P1" in attention and "patient P4" in attention and "patient P2" not in attention
     assert "attention (16, 40)" in attention  # the .npz twin is described
     assert "http://" not in page and "https://" not in page  # nothing fetched from outside
 
@@ -342,6 +379,12 @@ def test_cohort_section(page: str) -> None:
     assert "P9" in cohort and "no RNA-seq and no slides" in cohort  # excluded patient
     assert "4321" in cohort and "Pathways kept" in cohort
     assert "(80 in all)" in cohort  # a long list is folded, not dropped
+    assert "median follow-up (months)" in cohort
+    # Per fold and split, with events joined from patients.csv.
+    folds = cohort[cohort.index("<h3>Folds</h3>") :]
+    assert '<td>val</td><td class="num">2</td><td class="num">1</td>' in folds
+    # Counts by reason are not mistaken for excluded ids.
+    assert "no usable slide</td>" not in cohort.split("Patients excluded")[1].split("</table>")[0]
 
 
 class _StrictParser(HTMLParser):
@@ -439,6 +482,30 @@ def test_random_weights_banner(tmp_path: Path) -> None:
     assert main.index("RANDOM weights") < main.index('id="overview"')
 
 
+def test_status_table_alone_is_enough(tmp_path: Path) -> None:
+    status = tmp_path / "slide_status.tsv"
+    status.write_text("slide_id\tstatus\treason\nA\tok\t\nB\tfailed\tfile not found\n")
+    page = build_report(status=status)
+    assert "file not found" in _section(page, "failures")
+    assert "no models directory given" in _section(page, "models")
+    parser = _StrictParser()
+    parser.feed(page)
+    assert parser.errors == [] and parser.stack == []
+
+
+def test_a_section_that_breaks_shows_why(run_tree: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import slotspe_pipe.report as report
+
+    def broken(*args, **kwargs):
+        raise KeyError("c_index")
+
+    monkeypatch.setattr(report, "_models_section", broken)
+    page = build_report(**run_tree)
+    models = _section(page, "models")
+    assert "could not be built" in models and "KeyError" in models
+    assert html.escape(EXTRACTION_REASON) in _section(page, "failures")  # the rest still renders
+
+
 def test_status_table_is_required(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="slide status table"):
         build_report(status=tmp_path / "missing.tsv")
@@ -457,8 +524,10 @@ def test_status_table_is_required(tmp_path: Path) -> None:
             [("S6", "no label")],
         ),
         ({"slides_dropped": {"no label": ["S6", "S7"]}}, [("S6", "no label"), ("S7", "no label")]),
-        ({"excluded_slides": ["S6"]}, [("S6", "")]),
+        ({"excluded_slides": ["S6"]}, [("S6", "excluded slides")]),
         ({"excluded_slides": 3, "patients_excluded": {"P1": "x"}}, []),
+        ({"slides": {"excluded_by_reason": {"preflight": 2}}}, []),
+        ({"folds": {"dropped_slides": ["S6"]}}, [("S6", "folds / dropped slides")]),
     ],
 )
 def test_cohort_exclusions_any_spelling(summary: dict, expected: list) -> None:
