@@ -215,15 +215,25 @@ class _OpenSlideReader(SlideReader):
         self.fast_path = (
             sys.byteorder == "little" and self._raw_read is not None and self._handle is not None
         )
+        self.ycbcr_as_rgb = _dicom_ycbcr_labelled_rgb(self.properties, opened_path)
+        if self.ycbcr_as_rgb:
+            self.warnings.append(
+                "DICOM says RGB but its JPEG frames are JFIF (YCbCr); colours are converted"
+            )
 
     def _read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         if not self.fast_path:
             rgba = np.asarray(self._slide.read_region((x, y), level, (width, height)))
-            return _rgba_to_rgb_white(rgba)
-        argb = np.empty((height, width), dtype=np.uint32)
-        pointer = argb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
-        self._raw_read(self._handle, pointer, x, y, level, width, height)
-        return _premultiplied_bgra_to_rgb_white(argb.view(np.uint8).reshape(height, width, 4))
+            rgb = _rgba_to_rgb_white(rgba)
+        else:
+            argb = np.empty((height, width), dtype=np.uint32)
+            pointer = argb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
+            self._raw_read(self._handle, pointer, x, y, level, width, height)
+            rgb = _premultiplied_bgra_to_rgb_white(argb.view(np.uint8).reshape(height, width, 4))
+        if self.ycbcr_as_rgb:
+            # OpenSlide trusted the RGB label and left the YCbCr samples unconverted.
+            rgb = _cv2().cvtColor(np.ascontiguousarray(rgb[..., [0, 2, 1]]), _cv2().COLOR_YCrCb2RGB)
+        return rgb
 
     def close(self) -> None:
         self._slide.close()
@@ -296,6 +306,33 @@ class _TiffSlideReader(SlideReader):
 
     def close(self) -> None:
         self._slide.close()
+
+
+JPEG_BASELINE_TRANSFER_SYNTAX = "1.2.840.10008.1.2.4.50"
+
+
+def _dicom_ycbcr_labelled_rgb(properties: Mapping[str, Any], opened_path: Path) -> bool:
+    """True for DICOM whose JPEG frames are JFIF (YCbCr) but whose PhotometricInterpretation says RGB.
+
+    Some converters (e.g. wsi2dcm) write such series; OpenSlide believes the tag and returns the
+    YCbCr samples as if they were RGB (glass turns pink), so the reader converts them itself.
+    """
+    if properties.get("openslide.vendor") != "dicom":
+        return False
+    if properties.get("dicom.PhotometricInterpretation") != "RGB":
+        return False
+    if properties.get("dicom.TransferSyntaxUID") != JPEG_BASELINE_TRANSFER_SYNTAX:
+        return False
+    try:
+        with open(opened_path, "rb") as fh:
+            head = fh.read(4 << 20)
+    except OSError:
+        return False
+    start = head.find(b"\xff\xd8\xff")
+    if start < 0:
+        return False
+    # SOI followed by an APP0 "JFIF" segment: the JFIF standard mandates YCbCr for 3 components.
+    return head[start + 3 : start + 4] == b"\xe0" and head[start + 6 : start + 10] == b"JFIF"
 
 
 def _rgba_to_rgb_white(rgba: np.ndarray) -> np.ndarray:

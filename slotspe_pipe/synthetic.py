@@ -169,7 +169,9 @@ def default_regions(
     regions: list[TissueRegion] = []
     if layout == "blobs":
         big = _blob(0.33 * w, 0.53 * h, 0.2 * w, 0.33 * h, rng.uniform(-0.12, 0.12), rng)
-        hole = _blob(0.30 * w, 0.48 * h, 0.05 * min(w, h), 0.07 * min(w, h), rng.uniform(0, np.pi), rng)
+        hole = _blob(
+            0.30 * w, 0.48 * h, 0.05 * min(w, h), 0.07 * min(w, h), rng.uniform(0, np.pi), rng
+        )
         regions.append(TissueRegion(Polygon(big, [hole[::-1]]), nuclei_density=1.0))
         small = _blob(0.76 * w, 0.5 * h, 0.11 * w, 0.22 * h, rng.uniform(-0.2, 0.2), rng)
         regions.append(TissueRegion(Polygon(small), nuclei_density=1.8, hematoxylin=1.1))

@@ -27,4 +27,4 @@ rule tile:
         "python -m slotspe_pipe tile {input.slide} --tissue {input.tissue} -o {output.tiles}"
         " --target-mpp {params.target_mpp} --patch-px {params.patch_px}"
         " --overlap {params.overlap} --min-tissue {params.min_tissue} {params.mpp}"
-        " --grid-png {output.grid} > {log} 2>&1"
+        " --slide-id {wildcards.slide} --grid-png {output.grid} > {log} 2>&1"
