@@ -179,4 +179,34 @@ def test_real_run_of_test_config(tmp_path):
         summary = workdir / "results" / "models" / "ci" / model / "seed_1" / "summary.json"
         data = json.loads(summary.read_text())
         assert 0.0 <= data["c_index_mean"] <= 1.0
+
+    # Changed tiling settings recompute tiles and everything downstream, and nothing else.
+    changed = yaml.safe_load((REPO_ROOT / ".test" / "config.yaml").read_text())
+    changed["tiling"]["patch_px"] = 224
+    changed_cfg = tmp_path / "changed.yaml"
+    changed_cfg.write_text(yaml.safe_dump(changed))
+    jobs = _planned_jobs(workdir, changed_cfg)
+    assert {"tile", "extract", "cohort", "train", "evaluate", "report"} <= set(jobs)
+    assert not {"demo_cohort", "preflight", "slide_status", "segment"} & set(jobs), jobs
+
+    # An interrupted run resumes: only the missing slide's work (and what depends on it) reruns.
+    some_record = next((workdir / "results" / "features").glob("*/*.json"))
+    some_record.unlink()
+    jobs = _planned_jobs(workdir, REPO_ROOT / ".test" / "config.yaml")
+    assert jobs.get("extract") == 1, jobs
+    assert not {"tile", "segment", "preflight"} & set(jobs), jobs
     shutil.rmtree(workdir / ".snakemake", ignore_errors=True)
+
+
+def _planned_jobs(workdir: Path, config: Path) -> dict[str, int]:
+    """Job counts per rule of a dry run (`snakemake -n`), parsed from its job-stats table."""
+    proc = _snakemake(
+        "-n", "--quiet", "rules", "--configfile", str(config), "--directory", str(workdir)
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    counts: dict[str, int] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+            counts[parts[0]] = int(parts[1])
+    return counts
