@@ -36,7 +36,11 @@ def make_run_dir(root: Path, n_slides: int) -> Path:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["demo"]["enabled"] = False
     config["samples"] = str(root / "slides.csv")
-    config["clinical"] = {"path": str(root / "clinical.csv"), "time_col": "time", "event_col": "event"}
+    config["clinical"] = {
+        "path": str(root / "clinical.csv"),
+        "time_col": "time",
+        "event_col": "event",
+    }
     cfg = root / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     return cfg
@@ -60,8 +64,18 @@ def main() -> None:
         cfg = make_run_dir(root, args.slides)
         base, _ = timed(["snakemake", "--version"], REPO)
         seconds, out = timed(
-            ["snakemake", "-n", "--quiet", "rules", "--configfile", str(cfg), "--directory", tmp,
-             "--snakefile", str(REPO / "workflow" / "Snakefile")],
+            [
+                "snakemake",
+                "-n",
+                "--quiet",
+                "rules",
+                "--configfile",
+                str(cfg),
+                "--directory",
+                tmp,
+                "--snakefile",
+                str(REPO / "workflow" / "Snakefile"),
+            ],
             REPO,
         )
     print(f"slides in sheet:            {args.slides}")

@@ -94,7 +94,9 @@ def build_model(
     """
     cfg = make_config(name, wsi_dim=wsi_dim, n_bins=n_bins, config=config)
     builders: dict[str, Callable[[], SurvivalModel]] = {
-        "slotspe": lambda: SlotSPE(cfg, _need(pathways, "pathways", name), _need_genes(n_genes, name)),
+        "slotspe": lambda: SlotSPE(
+            cfg, _need(pathways, "pathways", name), _need_genes(n_genes, name)
+        ),
         "snn": lambda: SNNSurvival(cfg, _need_genes(n_genes, name)),
         "abmil": lambda: ABMILSurvival(cfg),
     }

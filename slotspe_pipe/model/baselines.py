@@ -59,7 +59,8 @@ class SNNSurvival(SurvivalModel):
             raise ValueError(
                 f"batch.omics: expected [B, {self.n_genes}], got {tuple(batch.omics.shape)}"
             )
-        return ModelOutput(logits=self.head(self.body(batch.omics)))
+        omics = batch.omics.to(self.head.weight.dtype)
+        return ModelOutput(logits=self.head(self.body(omics)))
 
 
 class ABMILSurvival(SurvivalModel):
@@ -90,6 +91,7 @@ class ABMILSurvival(SurvivalModel):
             raise ValueError(
                 f"batch.wsi: expected [B, N, {self.config.wsi_dim}], got {tuple(wsi.shape)}"
             )
+        wsi = wsi.to(self.head.weight.dtype)
         mask = batch.wsi_mask
         if mask is not None:
             mask = mask.to(torch.bool)

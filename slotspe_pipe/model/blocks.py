@@ -182,3 +182,37 @@ class SlotCrossDecoder(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=_key_mask(slot_mask))
         out = self.out_proj(_merge(out))
         return out + self.mlp(self.norm(out))
+
+    def forward_mapped_queries(
+        self,
+        tokens: torch.Tensor,
+        query_weight: torch.Tensor,
+        query_bias: torch.Tensor,
+        slots: torch.Tensor,
+        slot_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``forward(F.linear(tokens, query_weight, query_bias), slots, slot_mask)`` for many
+        tokens [B, N, d] (no gradient reaches ``tokens`` through the queries).
+
+        The query maps (``query_weight`` then ``q_proj``) are folded into the slot keys and
+        ``out_proj`` into the slot values, so the per-token work is [N, d] x [d, H*S] and
+        [N, H*S] x [H*S, d] instead of three [N, d] x [d, d] products; at 32 x 4,096 patches
+        this removes ~80 GFLOP and three [B, N, d] activations from a training step.
+        """
+        b, n, d = tokens.shape
+        s, h = slots.shape[1], self.heads
+        dh = d // h
+        # effective query map of the composition q_proj(F.linear(., W, c))
+        w_eff = self.q_proj.weight @ query_weight  # [d, d]
+        b_eff = self.q_proj.weight @ query_bias + self.q_proj.bias
+        k = self.k_proj(slots).view(b, s, h, dh) * dh**-0.5
+        v = self.v_proj(slots).view(b, s, h, dh)
+        key_map = torch.einsum("hed,bshe->bdhs", w_eff.view(h, dh, d), k).reshape(b, d, h * s)
+        key_bias = torch.einsum("he,bshe->bhs", b_eff.view(h, dh), k).reshape(b, 1, h * s)
+        scores = torch.baddbmm(key_bias, tokens.detach(), key_map).view(b, n, h, s)
+        if slot_mask is not None:
+            scores = scores.masked_fill(~slot_mask[:, None, None, :], float("-inf"))
+        attn = scores.softmax(dim=-1).view(b, n, h * s)
+        value_map = torch.einsum("bshe,fhe->bhsf", v, self.out_proj.weight.view(d, h, dh))
+        out = torch.baddbmm(self.out_proj.bias.view(1, 1, d), attn, value_map.reshape(b, h * s, d))
+        return out + self.mlp(self.norm(out))

@@ -60,7 +60,9 @@ class _ConfigBase:
                     raise ValueError(f"{type(self).__name__}.{f.name}: expected >= 1, got {value}")
             if isinstance(default, float):
                 if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise ValueError(f"{type(self).__name__}.{f.name}: expected a number, got {value!r}")
+                    raise ValueError(
+                        f"{type(self).__name__}.{f.name}: expected a number, got {value!r}"
+                    )
                 if value < 0:
                     raise ValueError(f"{type(self).__name__}.{f.name}: expected >= 0, got {value}")
                 object.__setattr__(self, f.name, float(value))  # ints from YAML/JSON become floats

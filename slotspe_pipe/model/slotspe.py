@@ -17,13 +17,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slotspe_pipe.model.base import ModelBatch, ModelOutput, SurvivalModel
 from slotspe_pipe.model.blocks import InterModalBlock, IntraModalBlock, SlotCrossDecoder
 from slotspe_pipe.model.config import SlotSPEConfig
 from slotspe_pipe.model.gated_decoder import GatedSlotDecoder
+from slotspe_pipe.model.losses import row_cosine_similarity
 from slotspe_pipe.model.pathway_tokens import GroupedPathwaySNN
 from slotspe_pipe.model.slot_attention import MultiHeadSlotAttention
 
@@ -101,6 +101,7 @@ class SlotSPE(SurvivalModel):
             raise ValueError(
                 f"batch.wsi: expected [B, N, {self.config.wsi_dim}], got {tuple(wsi.shape)}"
             )
+        wsi = wsi.to(self.wsi_proj[0].weight.dtype)  # e.g. float16 straight from the store
         mask = batch.wsi_mask
         if mask is not None:
             mask = mask.to(torch.bool)
@@ -113,12 +114,16 @@ class SlotSPE(SurvivalModel):
             else:
                 # Padding may hold anything (even NaN); zero it so nothing downstream sees it.
                 wsi = torch.where(mask.unsqueeze(-1), wsi, wsi.new_zeros(()))
-        return self.wsi_proj(wsi), mask
+        b, n, _ = wsi.shape
+        # 2-D matmuls: the in-place ReLU then acts on a plain tensor, not a view (no copies)
+        return self.wsi_proj(wsi.reshape(b * n, -1)).view(b, n, -1), mask
 
     def _omics_present(self, batch: ModelBatch, b: int, device: torch.device) -> torch.Tensor:
         if batch.omics is None:
             if batch.omics_present is not None and bool(batch.omics_present.any()):
-                raise ValueError("batch.omics_present marks patients with RNA but batch.omics is None")
+                raise ValueError(
+                    "batch.omics_present marks patients with RNA but batch.omics is None"
+                )
             return torch.zeros(b, dtype=torch.bool, device=device)
         if batch.omics_present is None:
             return torch.ones(b, dtype=torch.bool, device=device)
@@ -129,11 +134,11 @@ class SlotSPE(SurvivalModel):
 
     def _joint_tokens(
         self, wsi_tokens: torch.Tensor, wsi_mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pathway tokens decoded from the WSI alone: (tokens [B, P, d], omics slots [B, S, d])."""
+    ) -> torch.Tensor:
+        """Pathway tokens [B, P, d] decoded from the WSI alone (reconstruction path (b))."""
         slots, _ = self.slots_omics(wsi_tokens, wsi_mask)
         queries = self.recon_joint_queries.unsqueeze(0).expand(slots.shape[0], -1, -1)
-        return self.recon_joint(queries, slots), slots
+        return self.recon_joint(queries, slots)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: ModelBatch) -> ModelOutput:
@@ -153,7 +158,7 @@ class SlotSPE(SurvivalModel):
 
         joint_tokens = None
         if self.training or not all_present:
-            joint_tokens, _ = self._joint_tokens(wsi_tokens, wsi_mask)
+            joint_tokens = self._joint_tokens(wsi_tokens, wsi_mask)
         if pathway_tokens is None:
             omics_tokens = joint_tokens
         elif all_present:
@@ -221,10 +226,11 @@ class SlotSPE(SurvivalModel):
             recon_omics = _masked_mean((recon - target).square(), rows)
             recon_joint = _masked_mean((joint_tokens - target).square(), rows)
 
-        queries = F.linear(wsi_tokens.detach(), self.wsi_query_weight, self.wsi_query_bias)
-        recon = self.recon_wsi(queries, slots_wsi, keep_wsi)
+        recon = self.recon_wsi.forward_mapped_queries(
+            wsi_tokens, self.wsi_query_weight, self.wsi_query_bias, slots_wsi, keep_wsi
+        )
         # The target is not detached: as in the authors' code this also trains the projection.
-        cosine = F.cosine_similarity(recon, wsi_tokens, dim=-1)  # [B, N]
+        cosine = row_cosine_similarity(recon, wsi_tokens)  # [B, N]
         if wsi_mask is None:
             recon_wsi = 1.0 - cosine.mean()
         else:
