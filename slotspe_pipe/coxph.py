@@ -114,7 +114,8 @@ def cox_features(
 def fit_cox(x_train: np.ndarray, time: np.ndarray, event: np.ndarray, config: CoxConfig) -> CoxFit:
     """Fit the penalised Cox model on the training fold, penalty by inner CV (training only).
 
-    Raises ``ValueError`` when the training fold has no events.
+    Raises ``ValueError`` when the training fold has no events. With too few events for an
+    inner CV, a fixed strong penalty is used and logged.
     """
     from sklearn.model_selection import StratifiedKFold
     from sksurv.linear_model import CoxnetSurvivalAnalysis
@@ -139,23 +140,32 @@ def fit_cox(x_train: np.ndarray, time: np.ndarray, event: np.ndarray, config: Co
         alphas = np.asarray(path.alphas_)
         n_splits = min(config.inner_folds, int(event.sum()), int((~event).sum()))
         if n_splits < 2:
-            raise ValueError(
-                "too few events or censored patients for the inner CV of the Cox model"
+            # Too few events (or censored patients) to cross-validate the penalty: fall back to
+            # a strong, fixed one (a quarter of the way down the path) rather than refuse.
+            best = alphas.size // 4
+            mean = np.full(alphas.size, np.nan)
+            log.warning(
+                "cox: %d events / %d censored in the training fold are too few for an inner "
+                "CV; using the fixed penalty alpha %.4g",
+                int(event.sum()),
+                int((~event).sum()),
+                alphas[best],
             )
-        splitter = StratifiedKFold(n_splits, shuffle=True, random_state=config.seed)
-        scores = np.zeros((n_splits, alphas.size))
-        for i, (tr, va) in enumerate(splitter.split(x, event)):
-            inner = CoxnetSurvivalAnalysis(l1_ratio=config.l1_ratio, alphas=alphas).fit(
-                x[tr], y[tr]
-            )
-            for j, a in enumerate(alphas):
-                if not event[va].any():
-                    scores[i, j] = np.nan
-                    continue
-                pred = inner.predict(x[va], alpha=a)
-                scores[i, j] = concordance_index_censored(event[va], time[va], pred)[0]
-        mean = np.nanmean(scores, axis=0)
-        best = int(np.nanargmax(mean))
+        else:
+            splitter = StratifiedKFold(n_splits, shuffle=True, random_state=config.seed)
+            scores = np.zeros((n_splits, alphas.size))
+            for i, (tr, va) in enumerate(splitter.split(x, event)):
+                inner = CoxnetSurvivalAnalysis(l1_ratio=config.l1_ratio, alphas=alphas).fit(
+                    x[tr], y[tr]
+                )
+                for j, a in enumerate(alphas):
+                    if not event[va].any():
+                        scores[i, j] = np.nan
+                        continue
+                    pred = inner.predict(x[va], alpha=a)
+                    scores[i, j] = concordance_index_censored(event[va], time[va], pred)[0]
+            mean = np.nanmean(scores, axis=0)
+            best = int(np.nanargmax(mean))
         model = CoxnetSurvivalAnalysis(
             l1_ratio=config.l1_ratio, alphas=[alphas[best]], fit_baseline_model=True
         ).fit(x, y)
