@@ -545,14 +545,14 @@ def _is_safetensors(path: Path) -> bool:
 def hf_dinov2_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a Hugging Face ``Dinov2Model`` state dict onto timm ``VisionTransformer`` names.
 
-    Query/key/value projections are concatenated into timm's fused ``qkv``; the mask token
-    (used only in pre-training) is dropped. Unknown keys are kept unchanged so the strict
-    comparison afterwards reports them.
+    Accepts both the transformers 4.x layout of the published checkpoints
+    (``attention.attention.query`` ... ``attention.output.dense``) and the 5.x layout
+    (``attention.q_proj`` ... ``attention.o_proj``). Query, key and value are concatenated into
+    timm's fused ``qkv``; the pre-training mask token is dropped. Unknown keys are kept as they
+    are, so the strict comparison afterwards reports them.
     """
     import torch
 
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     simple = {
         "embeddings.cls_token": "cls_token",
         "embeddings.position_embeddings": "pos_embed",
@@ -565,38 +565,43 @@ def hf_dinov2_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
         "norm1": "norm1",
         "norm2": "norm2",
         "attention.output.dense": "attn.proj",
+        "attention.o_proj": "attn.proj",
         "mlp.fc1": "mlp.fc1",
         "mlp.fc2": "mlp.fc2",
+        "layer_scale1": "ls1",
+        "layer_scale2": "ls2",
+    }
+    qkv_parts = {
+        "attention.attention.query": "q",
+        "attention.attention.key": "k",
+        "attention.attention.value": "v",
+        "attention.q_proj": "q",
+        "attention.k_proj": "k",
+        "attention.v_proj": "v",
     }
     pattern = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, tuple[str, torch.Tensor]]] = {}
     for raw_key, tensor in state.items():
         key = raw_key.removeprefix("dinov2.")
         if key == "embeddings.mask_token":
             continue
+        m = pattern.match(key)
         if key in simple:
             out[simple[key]] = tensor
-            continue
-        m = pattern.match(key)
-        if not m:
-            out[key] = tensor
-            continue
-        i, mod, kind = int(m.group(1)), m.group(2), m.group(3)
-        if mod.startswith("attention.attention."):
-            qkv.setdefault((i, kind), {})[mod.rsplit(".", 1)[1]] = tensor
-        elif mod in ("layer_scale1", "layer_scale2") and kind == "lambda1":
-            out[f"blocks.{i}.ls{mod[-1]}.gamma"] = tensor
-        elif mod in block:
-            out[f"blocks.{i}.{block[mod]}.{kind}"] = tensor
+        elif m and m.group(2) in qkv_parts:
+            part = qkv_parts[m.group(2)]
+            qkv.setdefault((int(m.group(1)), m.group(3)), {})[part] = (key, tensor)
+        elif m and m.group(2) in block:
+            kind = "gamma" if m.group(3) == "lambda1" else m.group(3)
+            out[f"blocks.{m.group(1)}.{block[m.group(2)]}.{kind}"] = tensor
         else:
             out[key] = tensor
     for (i, kind), parts in qkv.items():
-        if set(parts) != {"query", "key", "value"}:
-            for part, tensor in parts.items():
-                out[f"encoder.layer.{i}.attention.attention.{part}.{kind}"] = tensor
-            continue
-        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(
-            [parts["query"], parts["key"], parts["value"]], dim=0
-        )
+        if set(parts) == {"q", "k", "v"}:
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts[p][1] for p in "qkv"], dim=0)
+        else:  # incomplete triple: leave the keys for the mismatch report
+            out.update(dict(parts.values()))
     return out
 
 
@@ -764,9 +769,7 @@ def build_encoder(
         state = load_state_dict_file(identity["path"])
         _check_and_load(spec, backbone, state, identity["path"])
         del state
-    module = _patch_encoder_class()(spec, backbone)
-    if device != "meta":
-        module = module.to(device)
+    module = _patch_encoder_class()(spec, backbone).to(device)
     module.eval()
     module.requires_grad_(False)
     return module, identity
