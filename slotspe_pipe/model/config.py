@@ -1,6 +1,6 @@
 """Model hyperparameters as frozen dataclasses, with the paper's defaults.
 
-Every number of the SlotSPE paper (docs: /work/shared/SLOTSPE.md) lives here so that a checkpoint
+Every number of the SlotSPE paper (arXiv 2512.01116) lives here so that a checkpoint
 can record exactly what was trained (``to_dict``) and rebuild it (``from_dict``). Unknown keys are
 rejected by name: a typo in a user's config must not silently fall back to a default.
 """
