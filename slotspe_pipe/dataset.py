@@ -110,8 +110,10 @@ class SurvivalDataset(Dataset):
         n_patches: int | None,
         seed: int = 0,
         max_open_readers: int = 64,
+        wsi_scaler: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.records = records
+        self.wsi_scaler = wsi_scaler
         self.n_patches = None if n_patches is None else int(n_patches)
         self.seed = int(seed)
         self.epoch = 0
@@ -192,7 +194,11 @@ class SurvivalDataset(Dataset):
             "bin_index": int(rec.bin_index[index]),
         }
         if rec.feature_paths is not None:
-            item["wsi"] = torch.from_numpy(self.read_patches(index, self.rows_for(index)))
+            patches = self.read_patches(index, self.rows_for(index))
+            if self.wsi_scaler is not None:
+                mean, std = self.wsi_scaler
+                patches = ((patches.astype(np.float32) - mean) / std).astype(np.float16)
+            item["wsi"] = torch.from_numpy(patches)
         if rec.omics is not None:
             item["omics"] = torch.from_numpy(np.asarray(rec.omics[index], np.float32))
             present = True if rec.omics_present is None else bool(rec.omics_present[index])
@@ -345,6 +351,34 @@ class FoldData:
     omics_input: str
     wsi_dim: int | None
     excluded: dict[str, dict[str, int]]
+    # Per-dimension (mean, std) of the training patients' patch features: encoders such as
+    # `builtin` emit features on very different scales, and the fit never sees validation data.
+    wsi_scaler: tuple[np.ndarray, np.ndarray] | None = None
+
+
+WSI_SCALER_ROWS_PER_SLIDE = 64
+
+
+def fit_wsi_scaler(records: PatientRecords) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std of patch features over (up to 64 evenly spaced patches of)
+    every slide of the given (training) patients; std floored so constant dimensions pass."""
+    assert records.feature_paths is not None
+    cache = ReaderCache()
+    blocks = []
+    for paths in records.feature_paths:
+        for path in paths:
+            reader = cache.get(path)
+            if reader.n == 0:
+                continue
+            rows = np.unique(
+                np.linspace(0, reader.n - 1, min(reader.n, WSI_SCALER_ROWS_PER_SLIDE)).astype(int)
+            )
+            blocks.append(reader.features(rows).astype(np.float64))
+    sample = np.concatenate(blocks)
+    mean = sample.mean(axis=0)
+    std = sample.std(axis=0)
+    std = np.where(std > 1e-6 * max(1.0, float(np.abs(mean).max())), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def cohort_patch_counts(cohort: Cohort) -> dict[str, tuple[int, int]]:
@@ -502,9 +536,10 @@ def build_fold_data(
     for split, counts in excluded.items():
         if counts:
             log.warning("fold %d %s: patients left out %s", fold, split, counts)
+    train_records = records(train_ids)
     return FoldData(
         fold=fold,
-        train=records(train_ids),
+        train=train_records,
         val=records(val_ids),
         time_bin_edges=edges,
         normalizer=normalizer,
@@ -515,4 +550,5 @@ def build_fold_data(
         omics_input=omics_input,
         wsi_dim=wsi_dim,
         excluded=excluded,
+        wsi_scaler=fit_wsi_scaler(train_records) if use_wsi else None,
     )

@@ -524,8 +524,10 @@ def _torch_fold(
     ).to(run.device)
     resolved = model.config.to_dict()
     ckpt_path = fold_dir / CHECKPOINT
-    train_ds = SurvivalDataset(data.train, n_patches=cfg.patches, seed=fold_seed)
-    val_ds = SurvivalDataset(data.val, n_patches=None, seed=fold_seed)
+    train_ds = SurvivalDataset(
+        data.train, n_patches=cfg.patches, seed=fold_seed, wsi_scaler=data.wsi_scaler
+    )
+    val_ds = SurvivalDataset(data.val, n_patches=None, seed=fold_seed, wsi_scaler=data.wsi_scaler)
     state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
     if state is not None and state.get("run_key") != json_clean(run.run_key()):
         raise ValueError(
@@ -540,6 +542,9 @@ def _torch_fold(
         "seed": run.seed,
         "fold": fold,
         "normalizer": data.normalizer.to_dict() if data.normalizer is not None else None,
+        "wsi_scaler": None
+        if data.wsi_scaler is None
+        else {"mean": data.wsi_scaler[0].tolist(), "std": data.wsi_scaler[1].tolist()},
         "pathway_score_scale": None
         if data.score_scale is None
         else [float(v) for v in data.score_scale],
@@ -574,7 +579,9 @@ def _torch_fold(
         workers=workers,
         on_patient=on_patient if want_attention else None,
     )
-    train_eval_ds = SurvivalDataset(data.train, n_patches=None, seed=fold_seed)
+    train_eval_ds = SurvivalDataset(
+        data.train, n_patches=None, seed=fold_seed, wsi_scaler=data.wsi_scaler
+    )
     train_pred = predict(
         model,
         train_eval_ds,

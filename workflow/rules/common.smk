@@ -144,7 +144,14 @@ def model_summaries(cohort=COHORT):
 
 
 def all_targets(wildcards):
-    return [f"results/report/{COHORT}/report.html"]
+    # Intermediate results are listed too: with a checkpoint upstream, Snakemake does not
+    # notice a missing intermediate behind an existing report, so an interrupted run would
+    # otherwise not resume.
+    return [
+        f"results/report/{COHORT}/report.html",
+        *model_summaries(),
+        *feature_records(wildcards),
+    ]
 
 
 CLIN = config.get("clinical", {})
