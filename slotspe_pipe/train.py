@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -569,41 +570,25 @@ def _torch_fold(
         _write_patient_attention(val_ds, data, index, arrays, attention_dir, png_left)
 
     want_attention = run.write_attention and _has_attention(model, val_ds, run.device, cfg)
-    val_pred = predict(
+    # Every prediction of this fold uses the same device and inference settings.
+    predict_fold = functools.partial(
+        predict,
         model,
-        val_ds,
         device=run.device,
         eval_tokens=cfg.eval_tokens,
         amp=cfg.amp,
         cpu_amp=cfg.cpu_amp,
         workers=workers,
-        on_patient=on_patient if want_attention else None,
     )
+    val_pred = predict_fold(val_ds, on_patient=on_patient if want_attention else None)
     train_eval_ds = SurvivalDataset(
         data.train, n_patches=None, seed=fold_seed, wsi_scaler=data.wsi_scaler
     )
-    train_pred = predict(
-        model,
-        train_eval_ds,
-        device=run.device,
-        eval_tokens=cfg.eval_tokens,
-        amp=cfg.amp,
-        cpu_amp=cfg.cpu_amp,
-        workers=workers,
-    )
+    train_pred = predict_fold(train_eval_ds)
     missing_pred = None
     if run.missing_omics:
         if modalities >= {"wsi", "omics"}:
-            missing_pred = predict(
-                model,
-                val_ds,
-                device=run.device,
-                eval_tokens=cfg.eval_tokens,
-                amp=cfg.amp,
-                cpu_amp=cfg.cpu_amp,
-                workers=workers,
-                omics_absent=True,
-            )
+            missing_pred = predict_fold(val_ds, omics_absent=True)
         else:
             log.warning(
                 "--missing-omics applies to models reading WSI and omics; skipped for %s",
