@@ -305,6 +305,17 @@ class Predictions:
     hazards: np.ndarray
 
 
+def inference_settings(cfg: TrainConfig, device: str, workers: int) -> dict[str, Any]:
+    """The keyword arguments of ``predict`` that a training run fixes (one place for all calls)."""
+    return {
+        "device": device,
+        "eval_tokens": cfg.eval_tokens,
+        "amp": cfg.amp,
+        "cpu_amp": cfg.cpu_amp,
+        "workers": workers,
+    }
+
+
 def predict(
     model: Any,
     dataset: SurvivalDataset,
@@ -571,15 +582,7 @@ def _torch_fold(
 
     want_attention = run.write_attention and _has_attention(model, val_ds, run.device, cfg)
     # Every prediction of this fold uses the same device and inference settings.
-    predict_fold = functools.partial(
-        predict,
-        model,
-        device=run.device,
-        eval_tokens=cfg.eval_tokens,
-        amp=cfg.amp,
-        cpu_amp=cfg.cpu_amp,
-        workers=workers,
-    )
+    predict_fold = functools.partial(predict, model, **inference_settings(cfg, run.device, workers))
     val_pred = predict_fold(val_ds, on_patient=on_patient if want_attention else None)
     train_eval_ds = SurvivalDataset(
         data.train, n_patches=None, seed=fold_seed, wsi_scaler=data.wsi_scaler
@@ -800,15 +803,7 @@ def fit_model(
         val_c = math.nan
         last = epoch + 1 == cfg.epochs
         if last or (epoch + 1) % cfg.val_every == 0:
-            pred = predict(
-                model,
-                val_ds,
-                device=device,
-                eval_tokens=cfg.eval_tokens,
-                amp=cfg.amp,
-                cpu_amp=cfg.cpu_amp,
-                workers=workers,
-            )
+            pred = predict(model, val_ds, **inference_settings(cfg, device, workers))
             val_c = harrell_c(val_ds.records.time, val_ds.records.event, pred.risk)
         row = {
             "epoch": epoch + 1,
