@@ -16,7 +16,10 @@ from slotspe_pipe import __version__
 
 # subcommand -> (module, one-line help). The order is the order of the pipeline.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "preflight": ("slotspe_pipe.preflight", "triage one slide: open it, resolve µm/px, probe reads"),
+    "preflight": (
+        "slotspe_pipe.preflight",
+        "triage one slide: open it, resolve µm/px, probe reads",
+    ),
     "slide-status": ("slotspe_pipe.slide_status", "gather preflight records into one status table"),
     "segment": ("slotspe_pipe.tissue", "tissue segmentation -> GeoJSON, mask, QC thumbnail"),
     "tile": ("slotspe_pipe.tiling", "patch grid at an exact physical resolution -> tiles store"),

@@ -394,44 +394,50 @@ def plot_slot_attention(
     gate: np.ndarray | None,
     title: str,
     max_slots: int = 2,
+    patch_px_level0: int | None = None,
 ) -> None:
-    """Scatter of patch positions (level-0) coloured by the attention of the most gated slots,
-    one panel per (slide, slot); for the report, not for diagnosis."""
-    import matplotlib
+    """Attention of the most gated slots as patch squares on a blank background -> PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    One panel per (slide, slot), each with its own percentile-clipped colour scale (values are
+    weight x N patches, 1 = uniform). This is the trainer's quick look and the fallback when no
+    tissue thumbnail exists; the report draws the same squares over the slide's thumbnail
+    (``attention_overlay``). Squares are ``patch_px_level0`` level-0 px, or the grid step of
+    ``coords`` when not given (the patch size for tiling without overlap).
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
 
-    n_slots = slot_attention.shape[0]
-    order = (
-        np.argsort(-gate)[:max_slots] if gate is not None else np.arange(min(max_slots, n_slots))
-    )
-    slides = [s for s in range(len(slide_ids)) if (patch_slide == s).any()] or [0]
-    fig, axes = plt.subplots(
-        len(slides),
-        len(order),
-        figsize=(3.2 * len(order), 3.0 * len(slides)),
-        dpi=100,
-        squeeze=False,
-    )
+    from slotspe_pipe import attention_overlay as ov
+
+    coords = np.asarray(coords).reshape(-1, 2)
+    patch_slide = np.asarray(patch_slide).reshape(-1)
+    slot_attention = np.atleast_2d(np.asarray(slot_attention, dtype=float))
+    order = ov.top_slots(slot_attention.shape[0], gate, max_slots)
+    slides = [int(s) for s in np.unique(patch_slide)] or [0]
+    n_total = slot_attention.shape[1]
+    fig = Figure(figsize=(3.4 * len(order), 3.2 * len(slides)), dpi=100)
+    axes = fig.subplots(len(slides), len(order), squeeze=False)
     for r, s in enumerate(slides):
         rows = patch_slide == s
+        size = patch_px_level0 or ov.infer_patch_px_level0(coords[rows]) or 1
+        canvas = ov.blank_canvas(coords[rows], size, max_side_px=300)
+        name = slide_ids[s] if 0 <= s < len(slide_ids) else ""
         for c, slot in enumerate(order):
             ax = axes[r, c]
-            weights = slot_attention[slot, rows]
-            ax.scatter(coords[rows, 0], coords[rows, 1], c=weights, s=4, cmap="magma", marker="s")
-            ax.invert_yaxis()
-            ax.set_aspect("equal")
+            values = slot_attention[slot, rows] * n_total
+            image, limits = ov.draw_overlay(canvas, coords[rows], values, size, alpha=1.0)
+            ax.imshow(image, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
+            mappable = ScalarMappable(norm=Normalize(*limits), cmap=ov.DEFAULT_CMAP)
+            bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=6)
             g = f", gate {gate[slot]:.2f}" if gate is not None else ""
-            name = slide_ids[s] if s < len(slide_ids) else ""
             ax.set_title(f"{name[:23]}\nslot {slot}{g}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(f"{title}\n(colours: {ov.VALUE_LABEL}, 1st-99th percentile per panel)", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    ov.save_figure(fig, path, "png")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ A pipeline over a hospital archive fails quietly unless someone looks: a slide t
 open, an mpp guessed from a default, a tissue mask that missed half the section, an encoder that ran
 with random weights. This page puts those facts first (failures before anything else, with the
 reason each stage recorded), then the per-slide QC that lets a person check segmentation and the
-patch grid by eye, the cohort that came out of the join, and the cross-validated metrics.
+patch grid by eye, the cohort that came out of the join, the cross-validated metrics, and for a few
+validation patients the model's attention drawn over the slide's own tissue thumbnail
+(``attention_overlay``).
 
 Inputs are the files the other stages write (see DESIGN.md). Only the slide status table is
 required; every other input may be absent or partial, and whatever is missing is shown as missing
@@ -26,9 +28,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from slotspe_pipe import __version__
+from slotspe_pipe import attention_overlay as ov
 from slotspe_pipe import report_html as h
 from slotspe_pipe.store.atomic import write_text
 from slotspe_pipe.store.features import FeatureReader
@@ -40,7 +44,12 @@ log = logging.getLogger(__name__)
 THUMB_PX = 400  # max width of embedded slide thumbnails (keeps the page small)
 KM_PX = 560
 THUMB_MAX_HEIGHT_PX = 520  # tall sections (needle biopsies) must not make one card a page long
-ATTENTION_PX = 640
+THUMB_FORMAT = "jpeg"  # tissue images: JPEG is half the size of a palette PNG and 100x faster
+ATTENTION_PX = 640  # width of a training-time attention plot shown as a fallback
+OVERLAY_PX = (480, 440)  # max width, height of the tissue in one attention panel
+OVERLAY_SLOTS = 2  # most gated WSI slots drawn per slide
+OMICS_SLOTS = 2  # most gated omics slots listed per patient
+OMICS_TOP = 5  # pathways listed per omics slot
 STAGES = ("preflight", "segmentation", "tiling", "extraction", "cohort")
 # Problem kinds, worst first: decides a slide's overall outcome and the row colour.
 KINDS = ("failed", "missing", "excluded")
@@ -70,6 +79,7 @@ class SlideQC:
     status: dict[str, Any]
     preflight: dict[str, Any] | None = None
     tissue: dict[str, Any] | None = None
+    tissue_folder: Path | None = None  # {tissue_dir}/{slide}, where the thumbnail should be
     tissue_thumbnail: Path | None = None
     tiles: dict[str, Any] | None = None  # tiles store attrs plus "n" (patch count)
     grid_png: Path | None = None
@@ -116,6 +126,16 @@ class Cohort:
 
 
 @dataclass
+class PatientAttention:
+    """A validation patient's attention outputs in one fold: the record and any trainer plots."""
+
+    fold: int
+    case_id: str
+    record: Path | None  # fold_{k}/attention/{case}.npz
+    pngs: list[Path] = field(default_factory=list)  # fold_{k}/attention/{case}*.png
+
+
+@dataclass
 class ModelRun:
     """One model and seed: its summary over folds, KM plot and attention outputs."""
 
@@ -124,7 +144,7 @@ class ModelRun:
     path: Path
     summary: dict[str, Any] | None
     error: str | None
-    attention: list[tuple[int, Path]]  # (fold, png)
+    attention: list[PatientAttention]  # sorted by fold, then case
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +215,7 @@ def gather_slide(
 
 
 def _gather_tissue(qc: SlideQC, folder: Path) -> None:
+    qc.tissue_folder = folder
     if not folder.is_dir():
         qc.problems.append(
             Problem(qc.slide_id, "segmentation", "missing", f"tissue output missing: {folder}")
@@ -425,15 +446,35 @@ def gather_models(models_dir: Path | None) -> tuple[list[ModelRun], str | None]:
     for model_dir in sorted(p for p in models_dir.iterdir() if p.is_dir()):
         for seed_dir in sorted(model_dir.glob("seed_*"), key=_seed_number):
             summary, err = _read_json(seed_dir / "summary.json")
-            attention = [
-                (_fold_number(png), png) for png in sorted(seed_dir.glob("fold_*/attention/*.png"))
-            ]
-            attention.sort(key=lambda fp: (fp[0], fp[1].name))
             runs.append(
-                ModelRun(model_dir.name, _seed_number(seed_dir), seed_dir, summary, err, attention)
+                ModelRun(
+                    model_dir.name,
+                    _seed_number(seed_dir),
+                    seed_dir,
+                    summary,
+                    err,
+                    _gather_attention(seed_dir),
+                )
             )
     runs.sort(key=lambda r: (_model_rank(r.model), r.model, r.seed))
     return runs, None if runs else f"no model runs found under {models_dir}"
+
+
+def _gather_attention(seed_dir: Path) -> list[PatientAttention]:
+    """Each (fold, patient) with an attention record or a trainer plot under fold_*/attention/."""
+    found: dict[tuple[int, str], PatientAttention] = {}
+    for npz in sorted(seed_dir.glob("fold_*/attention/*.npz")):
+        if not npz.name.startswith("."):  # dot files are temp files of an interrupted write
+            fold = _fold_number(npz)
+            found[(fold, npz.stem)] = PatientAttention(fold, npz.stem, npz)
+    for png in sorted(seed_dir.glob("fold_*/attention/*.png")):
+        if png.name.startswith("."):
+            continue
+        fold = _fold_number(png)
+        # {case}.png beside {case}.npz; older runs wrote {case}_slot{k}.png without records.
+        case = png.stem if (fold, png.stem) in found else _patient_key(png)
+        found.setdefault((fold, case), PatientAttention(fold, case, None)).pngs.append(png)
+    return [found[k] for k in sorted(found)]
 
 
 def _seed_number(path: Path) -> int:
@@ -659,7 +700,7 @@ def _slide_qc(slides: list[SlideQC]) -> h.Html:
         numeric=(3, 6, 7, 8, 9, 10, 11, 12),
         nowrap=(0, 1, 4, 5),
     )
-    # Thumbnail encoding is the slow part of the report (~50 ms a slide): show progress.
+    # Reading and encoding thumbnails is the slow part of the report: show progress.
     progress = tqdm(slides, desc="report: slide cards", unit="slide", mininterval=5)
     cards = h.Html(f'<div class="cards">{h.join(_slide_card(qc) for qc in progress)}</div>')
     return h.section(
@@ -695,6 +736,7 @@ def _slide_card(qc: SlideQC) -> h.Html:
                 max_width=THUMB_PX,
                 max_height=THUMB_MAX_HEIGHT_PX,
                 what="patch grid thumbnail",
+                fmt=THUMB_FORMAT,
             )
         else:  # no grid drawn (tiling missing): the contour thumbnail is the best view left
             grid = h.image(
@@ -702,6 +744,7 @@ def _slide_card(qc: SlideQC) -> h.Html:
                 alt=f"{qc.slide_id} tissue",
                 max_width=THUMB_PX,
                 max_height=THUMB_MAX_HEIGHT_PX,
+                fmt=THUMB_FORMAT,
             )
         parts.append(grid)
         parts.append(h.tag("div", h.kv_table(_card_facts(qc), humanize_keys=False), cls="facts"))
@@ -714,6 +757,7 @@ def _slide_card(qc: SlideQC) -> h.Html:
             alt=f"{qc.slide_id} tissue contours",
             max_width=THUMB_PX,
             max_height=THUMB_MAX_HEIGHT_PX,
+            fmt=THUMB_FORMAT,
         )
         parts.append(h.details("tissue contours", contours))
     records = _slide_records(qc)
@@ -1051,14 +1095,29 @@ _SLOT_SUFFIX = re.compile(r"^(?P<case>.+?)[._-]+(?:slot|s)[._-]?\d+$", re.IGNORE
 
 
 def _patient_key(png: Path) -> str:
-    """The patient a heatmap belongs to: ``{case}.png`` or ``{case}_slot{k}.png``."""
+    """The patient a trainer plot belongs to: ``{case}.png`` or ``{case}_slot{k}.png``."""
     match = _SLOT_SUFFIX.match(png.stem)
     return match.group("case") if match else png.stem
 
 
-def _attention_section(runs: list[ModelRun], n_patients: int, cohort: Cohort) -> h.Html:
+_ATTENTION_INTRO = (
+    "For up to {n} validation patients per model, taken from the folds in turn: each slide's "
+    "tissue thumbnail (green: the segmentation's tissue outline) with the attention of the most "
+    "gated WSI slots drawn as semi-transparent squares of the true patch size, one panel per "
+    "slide and slot, cropped to the patched area. Values are the slot's attention weight × the "
+    "patient's patch count N (1 = uniform attention; weights sum to 1 over all of the patient's "
+    "patches). Colours are scaled per panel between the 1st and 99th percentile of that panel's "
+    "values, so panels are not comparable by colour: read the colour bar (an arrow marks values "
+    "beyond it, drawn in the end colour); cold patches are more transparent. Below: the pathways "
+    "with the most attention in the most gated omics slots."
+)
+
+
+def _attention_section(
+    runs: list[ModelRun], n_patients: int, cohort: Cohort, slides: dict[str, SlideQC]
+) -> h.Html:
     with_maps: dict[str, ModelRun] = {}
-    for run in runs:  # runs are sorted by seed: keep each model's first seed with heatmaps
+    for run in runs:  # runs are sorted by seed: keep each model's first seed with attention
         if run.attention and run.model not in with_maps:
             with_maps[run.model] = run
     if n_patients <= 0:
@@ -1068,58 +1127,33 @@ def _attention_section(runs: list[ModelRun], n_patients: int, cohort: Cohort) ->
             h.note("Attention heatmaps not requested (--attention-patients 0).", "info"),
         )
     if not with_maps:
-        where = "fold_*/attention/*.png"
+        where = "fold_*/attention/*.npz or *.png"
         return h.section(
             "attention",
             "Slot attention",
-            h.note(f"No attention heatmaps found ({where} under each model run).", "warn"),
+            h.note(f"No attention records found ({where} under each model run).", "warn"),
         )
     info = _patient_info(cohort)
-    parts: list[Any] = [
-        h.tag(
-            "p",
-            f"Heatmaps of attention over the patch grid for up to {n_patients} validation "
-            "patients per model, taken from the folds in turn.",
-            cls="muted",
-        )
-    ]
+    no_rna = _patients_without_rna(cohort)
+    views = _SlideViews(slides)
+    parts: list[Any] = [h.tag("p", _ATTENTION_INTRO.format(n=n_patients), cls="muted")]
     for model, run in with_maps.items():
-        groups: dict[tuple[int, str], list[Path]] = {}
-        for fold, png in run.attention:
-            groups.setdefault((fold, _patient_key(png)), []).append(png)
-        chosen = _round_robin(groups, n_patients)
+        chosen = _round_robin(run.attention, n_patients)
+        patients = {(e.fold, e.case_id) for e in run.attention}
         parts.append(
-            h.tag("h3", f"{model}, seed {run.seed} ({len(chosen)} of {len(groups)} patients)")
+            h.tag("h3", f"{model}, seed {run.seed} ({len(chosen)} of {len(patients)} patients)")
         )
-        blocks = []
-        for (fold, case), pngs in chosen:
-            who = f"patient {case}, validation fold {fold}"
-            figs = [
-                h.figure(
-                    h.image(png, alt=f"attention {case}", max_width=ATTENTION_PX, what="heatmap"),
-                    _npz_caption(png) or png.stem,
-                )
-                for png in pngs
-            ]
-            blocks.append(
-                h.tag(
-                    "div",
-                    h.join([h.tag("div", who, cls="who"), info.get(case, ""), *figs]),
-                    cls="attn-patient",
-                )
-            )
+        blocks = [_patient_block(entry, info, no_rna, views) for entry in chosen]
         parts.append(h.tag("div", h.join(blocks), cls="attn"))
     return h.section("attention", "Slot attention", *parts)
 
 
-def _round_robin(
-    groups: dict[tuple[int, str], list[Path]], n: int
-) -> list[tuple[tuple[int, str], list[Path]]]:
+def _round_robin(entries: list[PatientAttention], n: int) -> list[PatientAttention]:
     """Up to ``n`` patients taken from the folds in turn, so one fold does not fill the page."""
-    by_fold: dict[int, list[tuple[tuple[int, str], list[Path]]]] = {}
-    for key, pngs in sorted(groups.items()):
-        by_fold.setdefault(key[0], []).append((key, pngs))
-    chosen: list[tuple[tuple[int, str], list[Path]]] = []
+    by_fold: dict[int, list[PatientAttention]] = {}
+    for entry in sorted(entries, key=lambda e: (e.fold, e.case_id)):
+        by_fold.setdefault(entry.fold, []).append(entry)
+    chosen: list[PatientAttention] = []
     queues = list(by_fold.values())
     while len(chosen) < n and any(queues):
         for queue in queues:
@@ -1143,17 +1177,218 @@ def _patient_info(cohort: Cohort) -> dict[str, h.Html]:
     return info
 
 
-def _npz_caption(png: Path) -> str | None:
-    """Array names and shapes of the heatmap's .npz twin, so a reader knows what was saved."""
-    npz = png.with_suffix(".npz")
-    if not npz.is_file():
-        return None
+def _patients_without_rna(cohort: Cohort) -> set[str]:
+    frame = cohort.patients
+    if frame is None or not {"case_id", "has_omics"} <= set(frame.columns):
+        return set()
+    has = frame["has_omics"].astype(str).str.lower().isin(["true", "1", "1.0", "yes"])
+    return set(frame.loc[~has, "case_id"].astype(str))
+
+
+@dataclass(frozen=True)
+class SlideView:
+    """What a slide's attention panels are drawn on, and why anything is missing."""
+
+    canvas: ov.Canvas | None  # the tissue thumbnail with its scale; None: blank background
+    patch_px_level0: float | None  # from the tiles store; None: the grid step stands in
+    notes: tuple[str, ...] = ()
+
+
+class _SlideViews:
+    """Slide thumbnails loaded once per report, however many models show the patient."""
+
+    def __init__(self, slides: dict[str, SlideQC]):
+        self.slides = slides
+        self.cache: dict[str, SlideView] = {}
+
+    def get(self, slide_id: str) -> SlideView:
+        if slide_id not in self.cache:
+            self.cache[slide_id] = _slide_view(slide_id, self.slides.get(slide_id))
+        return self.cache[slide_id]
+
+
+def _slide_view(slide_id: str, qc: SlideQC | None) -> SlideView:
+    """The slide's thumbnail as a canvas (scale from its size or µm/px) and the true patch size."""
+    if qc is None:
+        return SlideView(
+            None,
+            None,
+            (f"no tissue thumbnail: slide {slide_id} is not in the slide status table",),
+        )
+    notes: list[str] = []
+    patch = h.as_float((qc.tiles or {}).get("patch_px_level0"))
+    if patch is None:
+        notes.append("patch size unknown (no tiles store record): squares drawn at the grid step")
+    if qc.tissue_thumbnail is None:
+        where = (
+            f"{qc.tissue_folder / 'thumbnail.png'} missing"
+            if qc.tissue_folder is not None
+            else "no tissue directory given"
+        )
+        return SlideView(None, patch, (f"no tissue thumbnail ({where})", *notes))
+    tissue = qc.tissue or {}
+    level0 = tissue.get("level0_dimensions") or (qc.tiles or {}).get("level0_dimensions")
+    slide_mpp = h.as_float((tissue.get("slide") or {}).get("mpp")) or h.as_float(qc.fact("mpp"))
     try:
-        with np.load(npz, allow_pickle=False) as data:
-            shapes = [f"{k} {tuple(data[k].shape)}" for k in data.files]
+        with Image.open(qc.tissue_thumbnail) as img:
+            rgb = np.asarray(img.convert("RGB"))
+        scale, warning = ov.thumbnail_scale(
+            (rgb.shape[1], rgb.shape[0]),
+            level0_wh=level0 if isinstance(level0, list | tuple) else None,
+            slide_mpp=slide_mpp,
+            thumbnail_mpp=h.as_float(tissue.get("mask_mpp")),
+        )
     except (OSError, ValueError) as exc:
-        return f"{png.stem} (npz unreadable: {exc})"
-    return f"{png.stem}; arrays: {', '.join(shapes)}"
+        return SlideView(None, patch, (f"tissue thumbnail not usable: {exc}", *notes))
+    if warning:
+        notes.append(warning)
+    return SlideView(ov.Canvas(rgb, scale), patch, tuple(notes))
+
+
+def _load_record(entry: PatientAttention) -> tuple[ov.AttentionRecord | None, str]:
+    if entry.record is None:
+        return None, f"no attention record ({entry.case_id}.npz) in fold_{entry.fold}/attention"
+    try:
+        return ov.load_attention_record(entry.record), ""
+    except ov.AttentionRecordError as exc:
+        return None, str(exc)
+
+
+def _patient_block(
+    entry: PatientAttention,
+    info: dict[str, h.Html],
+    no_rna: set[str],
+    views: _SlideViews,
+) -> h.Html:
+    parts: list[Any] = [
+        h.tag("div", f"patient {entry.case_id}, validation fold {entry.fold}", cls="who"),
+        info.get(entry.case_id, ""),
+    ]
+    record, why = _load_record(entry)
+    if record is None:
+        parts += [h.note(why, "warn"), *_trainer_plots(entry, why)]
+    else:
+        parts += _wsi_panels(record, entry, views)
+        omics = _omics_block(record, entry.case_id in no_rna)
+        if omics is not None:
+            parts.append(omics)
+    return h.tag("div", h.join(parts), cls="attn-patient")
+
+
+def _trainer_plots(entry: PatientAttention, why: str) -> list[h.Html]:
+    """The trainer's own plots (patch positions, no tissue): the fallback without a record."""
+    if not entry.pngs:
+        return [h.tag("div", "no attention plot either", cls="img-missing")]
+    return [
+        h.figure(
+            h.image(png, alt=f"attention {entry.case_id}", max_width=ATTENTION_PX, what="heatmap"),
+            f"{png.name}: the trainer's plot of patch positions without the tissue underneath "
+            f"(fallback: {why})",
+        )
+        for png in entry.pngs
+    ]
+
+
+def _wsi_panels(
+    record: ov.AttentionRecord, entry: PatientAttention, views: _SlideViews
+) -> list[h.Html]:
+    if record.coords is None or record.patch_slide is None or record.wsi_attention is None:
+        missing = "patch coordinates" if record.coords is None else "WSI attention"
+        why = f"{record.path.name} has no {missing}"
+        return [h.note(why, "warn"), *_trainer_plots(entry, why)]
+    out = []
+    for index in record.slides_with_patches():
+        slide_id = record.slide_name(index)
+        view = views.get(slide_id)
+        try:
+            panels = ov.slide_panels(
+                record,
+                index,
+                view.canvas,
+                view.patch_px_level0,
+                max_slots=OVERLAY_SLOTS,
+                max_px=OVERLAY_PX,
+            )
+        except (ValueError, OSError) as exc:
+            out.append(h.note(f"{slide_id}: attention could not be drawn ({exc})", "warn"))
+            continue
+        figs = []
+        for slot, gate, panel in panels:
+            img = ov.figure_image(panel.figure)
+            what = "attention" if slot is None else f"slot {slot}"
+            figs.append(
+                h.figure(
+                    h.embed(img, alt=f"{slide_id} {what}", max_width=img.width, fmt="jpeg"),
+                    _panel_caption(slide_id, slot, gate, panel, view),
+                )
+            )
+        out.append(h.tag("div", h.join(figs), cls="figs"))
+    return out
+
+
+def _panel_caption(
+    slide_id: str, slot: int | None, gate: float | None, panel: ov.Panel, view: SlideView
+) -> h.Html:
+    head = slide_id if slot is None else f"{slide_id} · slot {slot}"
+    if gate is not None:
+        head += f" (gate {_gate_text(gate)})"
+    lo, hi = panel.limits
+    scale = f"{panel.n_patches:,} patches; colours {lo:.2g}–{hi:.2g} × uniform (1st–99th percentile"
+    scale += f", {panel.clipped_high} above in the top colour)" if panel.clipped_high else ")"
+    lines: list[Any] = [h.tag("b", head), scale]
+    if view.canvas is None:
+        lines.append(h.tag("span", "patches drawn on a blank background", cls="warn-text"))
+    lines += [h.tag("span", note, cls="warn-text") for note in view.notes]
+    return h.join(lines, "<br>")
+
+
+def _gate_text(gate: float) -> str:
+    """0.90, or 3.1e-03 for a kept slot whose gate would print as 0.00."""
+    return f"{gate:.2f}" if gate == 0 or abs(gate) >= 0.01 else f"{gate:.1e}"
+
+
+def _omics_block(record: ov.AttentionRecord, no_rna: bool) -> h.Html | None:
+    """The pathways the most gated omics slots attend to, as small bar lists."""
+    if record.omics_attention is None or record.omics_attention.size == 0:
+        return None
+    n_pathways = record.omics_attention.shape[1]
+    groups = ov.top_pathways(
+        record.omics_attention,
+        record.omics_gate,
+        record.pathways,
+        max_slots=OMICS_SLOTS,
+        top=OMICS_TOP,
+    )
+    tables = []
+    for slot, gate, items in groups:
+        peak = max((w for _, w in items), default=0.0) or 1.0
+        rows = "".join(
+            f'<tr><td class="pw-name">{h.esc(name)}</td><td class="pw-bar"><div class="pbar" '
+            f'style="width:{100 * max(w, 0.0) / peak:.0f}%"></div></td>'
+            f'<td class="num">{100 * w:.1f}%</td></tr>'
+            for name, w in items
+        )
+        title = f"omics slot {slot}" + (f" (gate {_gate_text(gate)})" if gate is not None else "")
+        tables.append(
+            h.Html(
+                f'<div><h4>{h.esc(title)}</h4><table class="pw"><tbody>{rows}</tbody></table></div>'
+            )
+        )
+    intro = (
+        f"Top pathways of the most gated omics slots: share of the slot's attention over "
+        f"{n_pathways} pathways (uniform = {100 / n_pathways:.2g}%)."
+    )
+    parts: list[Any] = [h.tag("div", intro, cls="muted")]
+    if no_rna:
+        parts.append(
+            h.note(
+                "No RNA-seq for this patient: the omics slots attended to pathway tokens decoded "
+                "from the slide, not to measured expression.",
+                "warn",
+            )
+        )
+    parts.append(h.tag("div", h.join(tables), cls="attn-omics"))
+    return h.tag("div", h.join(parts))
 
 
 # ------------------------------- header -------------------------------------------------------
@@ -1291,7 +1526,7 @@ def build_report(
         _guarded(
             "attention",
             "Slot attention",
-            lambda: _attention_section(runs, attention_patients, cohort),
+            lambda: _attention_section(runs, attention_patients, cohort, by_id),
         ),
     ]
     random_ids = _random_weights(slides)

@@ -90,7 +90,9 @@ def load_sample_sheet(path: str | Path, *, check_files: bool = True) -> pd.DataF
     if errors:
         shown = "\n  ".join(errors[:50])
         more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
-        raise SampleSheetError(f"{path}: {len(errors)} problem(s) in the sample sheet:\n  {shown}{more}")
+        raise SampleSheetError(
+            f"{path}: {len(errors)} problem(s) in the sample sheet:\n  {shown}{more}"
+        )
     return df.set_index("slide_id", drop=False)
 
 

@@ -26,7 +26,11 @@ def gather_status(records: list[Path]) -> pd.DataFrame:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             rows.append(
-                {"slide_id": path.stem, "status": "failed", "reason": f"preflight record unreadable: {exc}"}
+                {
+                    "slide_id": path.stem,
+                    "status": "failed",
+                    "reason": f"preflight record unreadable: {exc}",
+                }
             )
             continue
         rows.append(

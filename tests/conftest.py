@@ -17,7 +17,9 @@ SHARED_TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"real test data not found at {path} (expected ../shared/testdata beside the repo)")
+        pytest.skip(
+            f"real test data not found at {path} (expected ../shared/testdata beside the repo)"
+        )
     return path
 
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slotspe_pipe.model import nll_survival_loss, survival_from_logits
+from slotspe_pipe.model import (
+    cox_partial_likelihood_loss,
+    nll_survival_loss,
+    survival_from_logits,
+)
 from slotspe_pipe.model.blocks import IntraModalBlock, SlotCrossDecoder
 from slotspe_pipe.model.gated_decoder import GatedSlotDecoder, straight_through_topk
 from slotspe_pipe.model.losses import row_cosine_similarity
@@ -68,6 +73,44 @@ def test_nll_matches_probability_form_on_random_logits():
     cen = -(1 - e) * torch.log(s_pad.gather(1, y[:, None] + 1)[:, 0])
     expected = ((0.5 * (unc + cen) + 0.5 * unc).sum() / 16).item()
     assert nll_survival_loss(logits, y, e, 0.5).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_cox_term_equals_lifelines_partial_likelihood_at_its_fit():
+    """lifelines' fitted log partial likelihood of one covariate is our loss at beta_hat * x."""
+    from lifelines import CoxPHFitter
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=60)
+    time = rng.exponential(np.exp(-0.8 * x)) + np.arange(60) * 1e-6  # distinct times
+    event = (rng.random(60) < 0.7).astype(float)
+    frame = pd.DataFrame({"x": x, "T": time, "E": event})
+    fit = CoxPHFitter(penalizer=0.0).fit(frame, "T", "E")
+    beta = float(fit.params_["x"])
+    loss = cox_partial_likelihood_loss(
+        torch.tensor(beta * x), torch.tensor(time), torch.tensor(event)
+    )
+    assert loss.item() * event.sum() == pytest.approx(-fit.log_likelihood_, rel=1e-6)
+    # ...and beta_hat minimises our loss along that direction
+    for other in (beta - 0.05, beta + 0.05):
+        worse = cox_partial_likelihood_loss(
+            torch.tensor(other * x), torch.tensor(time), torch.tensor(event)
+        )
+        assert worse.item() > loss.item()
+
+
+def test_cox_term_ties_breslow_and_no_deaths():
+    risk = torch.tensor([0.0, math.log(2.0), math.log(3.0)], requires_grad=True)
+    time = torch.tensor([1.0, 1.0, 2.0])
+    event = torch.tensor([1, 1, 0])
+    # Breslow: both deaths at t=1 share the risk set {all three}: -(0 + log 2 - 2 log 6) / 2
+    loss = cox_partial_likelihood_loss(risk, time, event)
+    assert loss.item() == pytest.approx(-(math.log(2.0) - 2 * math.log(6.0)) / 2, rel=1e-6)
+    loss.backward()
+    assert risk.grad is not None and risk.grad[2] > 0  # the survivor is pushed down
+    none = cox_partial_likelihood_loss(risk, time, torch.zeros(3))
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="risks"):
+        cox_partial_likelihood_loss(risk, time[:2], event)
 
 
 def test_row_cosine_matches_torch_values_and_gradients():

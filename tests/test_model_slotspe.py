@@ -199,6 +199,34 @@ def test_training_without_any_omics():
     assert model.pathway_snn.w1.grad is None  # the omics network was never run
 
 
+def test_omics_dropout_feeds_decoded_tokens_in_training_only():
+    """omics_dropout=1: in training the survival path reads WSI-decoded tokens for everyone
+    (the RNA is only a reconstruction target); evaluation always reads the measured RNA."""
+    model = _model(omics_dropout=1.0).train()
+    batch = _batch()
+    other = ModelBatch(
+        wsi=batch.wsi,
+        wsi_mask=batch.wsi_mask,
+        omics=batch.omics + 3.0,
+        omics_present=batch.omics_present,
+    )
+
+    def run(b: ModelBatch):
+        torch.manual_seed(5)
+        return model(b)
+
+    a, c = run(batch), run(other)
+    torch.testing.assert_close(a.logits, c.logits)
+    assert a.aux["recon_joint"].item() != c.aux["recon_joint"].item()  # RNA still the target
+    loss, _ = model.loss(a, torch.tensor([0, 1, 2, 3]), torch.tensor([1, 0, 1, 0]))
+    loss.backward()
+    assert model.recon_joint_queries.grad.abs().sum() > 0
+    model.eval()
+    assert not torch.allclose(model(batch).logits, model(other).logits)
+    with pytest.raises(ValueError, match="omics_dropout"):
+        SlotSPEConfig(omics_dropout=1.5)
+
+
 def test_loss_decreases_when_overfitting_tiny_batch():
     model = _model(dropout=0.0, drop_path=0.0, snn_dropout=0.0)
     batch = _batch()
@@ -263,6 +291,7 @@ def test_config_defaults_are_the_papers():
         0.5,
         4,
     )
+    assert c.omics_dropout == 0.0  # ours, off by default: the paper trains without it
     assert (c.wsi_dim, c.wsi_hidden, c.aux_weight) == (1024, 1024, 1.0)
     assert SlotSPEConfig.from_dict(c.to_dict()) == c
 

@@ -17,12 +17,15 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from slotspe_pipe import attention_overlay as ov
 from slotspe_pipe import cli
 from slotspe_pipe import report_html as h
+from slotspe_pipe.evaluate import write_attention_record
 from slotspe_pipe.report import _as_pairs, _exclusions, build_report, metric, write_report
 from slotspe_pipe.store.features import write_features
 from slotspe_pipe.store.tiles import write_tiles
@@ -34,13 +37,28 @@ PREFLIGHT_REASON = (
 EXTRACTION_REASON = "CUDA out of memory while embedding batch 3 (batch_size=512)"
 COHORT_REASON = "no clinical record for patient P6"
 SLOTSPE_FOLDS = [0.65, 0.70, 0.75]  # mean 0.700, population std 0.041
+LEVEL0 = (46000, 32914)  # level-0 px of every synthetic slide, 0.2527 µm/px
+THUMB_SIZE = (900, 644)  # tissue thumbnail: 46000 / 900 = 51.1 level-0 px per thumbnail px
+PATCH_L0 = 507
+# An 8 x 5 patch grid inside the first tissue blob of the thumbnail; one patch holds all of slot
+# 1's attention.
+ATTN_COORDS = np.stack(
+    [
+        a.ravel()
+        for a in np.meshgrid(10000 + PATCH_L0 * np.arange(8), 8000 + PATCH_L0 * np.arange(5))
+    ],
+    axis=1,
+).astype(np.int32)
+HOT = 17  # column 1, row 2 of the grid
+PATHWAYS = ["HALLMARK_HYPOXIA", "<b>KEGG & co</b>", "REACTOME_APOPTOSIS", "P4", "P5", "P6"]
+TISSUE_RGB = (214, 140, 190)
 
 
 def _thumbnail(path: Path, size: tuple[int, int] = (900, 640), grid: bool = False) -> None:
     """A slide-like thumbnail: pink tissue blobs on white, a green contour, optional patch grid."""
     img = Image.new("RGB", size, (245, 245, 245))
     draw = ImageDraw.Draw(img)
-    draw.ellipse((120, 100, 520, 520), fill=(214, 140, 190), outline=(0, 160, 0), width=4)
+    draw.ellipse((120, 100, 520, 520), fill=TISSUE_RGB, outline=(0, 160, 0), width=4)
     draw.ellipse((560, 180, 820, 460), fill=(190, 110, 170), outline=(0, 160, 0), width=4)
     if grid:
         for x in range(120, 820, 40):
@@ -76,10 +94,16 @@ def _tiles_attrs(slide: str) -> dict:
 def _write_slide(root: Path, slide: str, n: int, *, tissue: bool = True) -> None:
     if tissue:
         folder = root / "tissue" / slide
-        _thumbnail(folder / "thumbnail.png")
-        (folder / "summary.json").write_text(
-            json.dumps({"tissue_area_mm2": 81.25, "n_regions": 2, "mask_mpp": 8.0, "settings": {}})
-        )
+        _thumbnail(folder / "thumbnail.png", size=THUMB_SIZE)
+        summary = {
+            "tissue_area_mm2": 81.25,
+            "n_regions": 2,
+            "mask_mpp": LEVEL0[0] / THUMB_SIZE[0] * 0.2527,
+            "level0_dimensions": list(LEVEL0),
+            "slide": {"mpp": 0.2527},
+            "settings": {},
+        }
+        (folder / "summary.json").write_text(json.dumps(summary))
     rng = np.random.default_rng(0)
     coords = rng.integers(0, 40000, size=(n, 2))
     write_tiles(root / "tiles" / f"{slide}.zarr", coords, np.ones(n), _tiles_attrs(slide))
@@ -132,6 +156,33 @@ def _model_run(root: Path, model: str, folds: list[float], **extra) -> Path:
     return run
 
 
+def _attention_record(path: Path, case: str, slide: str) -> None:
+    """A SlotSPE record in the trainer's format: slot 1 puts all its weight on patch HOT, slot 3
+    is uniform; slots 0 and 2 are not kept (gate 0)."""
+    n = len(ATTN_COORDS)
+    wsi = np.full((4, n), 1.0 / n)
+    wsi[1] = 0.0
+    wsi[1, HOT] = 1.0
+    omics = np.full((4, len(PATHWAYS)), 0.05)
+    omics[0, [1, 2]] = [0.6, 0.15]  # slot 0: pathway 1, then 2
+    omics[2, [5, 0]] = [0.5, 0.25]  # slot 2: pathway 5, then 0
+    omics /= omics.sum(axis=1, keepdims=True)
+    write_attention_record(
+        path,
+        case_id=case,
+        arrays={
+            "coords": ATTN_COORDS,
+            "patch_slide": np.zeros(n, np.int32),
+            "wsi_slot_attention": wsi,
+            "wsi_gate": np.array([0.0, 0.9, 0.0, 0.4]),
+            "omics_slot_attention": omics,
+            "omics_gate": np.array([0.8, 0.0, 0.3, 0.0]),
+        },
+        slide_ids=[slide],
+        pathways=PATHWAYS,
+    )
+
+
 def make_run(root: Path) -> dict:
     """A finished run with one failure of every kind; returns the build_report arguments."""
     status_rows = ["slide_id\tstatus\treason\treader\tmpp\tmpp_source\tslide_path"]
@@ -178,7 +229,7 @@ def make_run(root: Path) -> dict:
     (cohort / "patients.csv").write_text(
         "case_id,time,event,has_omics,slide_ids,n_slides,time_unit\n"
         "P1,12.0,1,True,S1,1,months\nP2,30.5,0,True,S2,1,months\n"
-        "P4,8.0,1,False,S4,1,months\nP5,22.0,0,True,S5,1,months\n"
+        "P4,8.0,1,False,S4,1,months\nP5,22.0,0,False,S5,1,months\n"
     )
     folds = ["fold,case_id,split"]
     for fold, val in ((0, ("P1", "P2")), (1, ("P4", "P5"))):
@@ -222,10 +273,12 @@ def make_run(root: Path) -> dict:
         c_index_best_epoch_selected_on_val=0.801,
     )
     _thumbnail(slot / "km.png", size=(1200, 900))
-    for fold, case in ((0, "P1"), (0, "P2"), (1, "P4")):
-        attn = slot / f"fold_{fold}" / "attention"
-        _thumbnail(attn / f"{case}.png", size=(800, 400))
-        np.savez(attn / f"{case}.npz", attention=np.zeros((16, 40)), coords=np.zeros((40, 2)))
+    # P1: record and trainer plot, slide with a thumbnail; P2: trainer plot only (an older run);
+    # P5: record, but its slide's tissue output is missing.
+    _attention_record(slot / "fold_0" / "attention" / "P1.npz", "P1", "S1")
+    _thumbnail(slot / "fold_0" / "attention" / "P1.png", size=(800, 400))
+    _thumbnail(slot / "fold_0" / "attention" / "P2.png", size=(800, 400))
+    _attention_record(slot / "fold_1" / "attention" / "P5.npz", "P5", "S5")
     snn = _model_run(root, "snn", [0.60, 0.62, 0.64])
     _thumbnail(snn / "km.png", size=(1200, 900))
     (root / "models" / "abmil" / "seed_1").mkdir(parents=True)  # ran, but no summary
@@ -259,8 +312,18 @@ def _section(page: str, anchor: str) -> str:
 
 
 def _images(markup: str) -> list[Image.Image]:
-    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', markup)
+    uris = re.findall(r'src="data:image/(?:png|jpeg);base64,([A-Za-z0-9+/=]+)"', markup)
     return [Image.open(io.BytesIO(base64.b64decode(u))) for u in uris]
+
+
+def _patient(attention: str, case: str) -> str:
+    """The markup of one patient's block in the attention section."""
+    blocks = attention.split('<div class="attn-patient">')[1:]
+    return next(b for b in blocks if f"patient {case}," in b)
+
+
+def _near(rgb: np.ndarray, colour: tuple[int, int, int], tol: float = 30) -> np.ndarray:
+    return np.abs(rgb.astype(int) - np.array(colour)).sum(axis=2) < tol
 
 
 def test_every_failed_slide_is_listed_first_with_its_reason(page: str) -> None:
@@ -349,15 +412,101 @@ def test_images_embedded_and_downscaled(page: str) -> None:
     # Grid + contour thumbnails for S1, S2, S4, S6; grid only for S5 (tissue missing).
     assert len(thumbs) == 9
     assert all(img.width <= 400 for img in thumbs)
-    assert all(img.format == "PNG" for img in thumbs)
+    assert all(img.format == "JPEG" for img in thumbs)  # tissue images: JPEG keeps the page small
     km = _images(_section(page, "km"))
     assert len(km) == 2 and all(img.width <= 560 for img in km)
+    assert all(img.format == "PNG" for img in km)  # plots stay lossless
     attention = _section(page, "attention")
-    assert len(_images(attention)) == 2  # --attention-patients 2 of the 3 available
-    # Patients are taken from the folds in turn: P1 (fold 0), then P4 (fold 1), not P2.
-    assert "patient P1" in attention and "patient P4" in attention and "patient P2" not in attention
-    assert "attention (16, 40)" in attention  # the .npz twin is described
+    # --attention-patients 2 of the 3 available, taken from the folds in turn: P1 (fold 0), then
+    # P5 (fold 1), not P2; two kept slots each.
+    assert "patient P1," in attention and "patient P5," in attention
+    assert "patient P2," not in attention and "2 of 3 patients" in attention
+    overlays = _images(attention)
+    assert len(overlays) == 4 and all(img.format == "JPEG" for img in overlays)
     assert "http://" not in page and "https://" not in page  # nothing fetched from outside
+
+
+def test_attention_is_drawn_over_the_slide_thumbnail(page: str) -> None:
+    p1 = _patient(_section(page, "attention"), "P1")
+    # The kept slots, most gated first; the trainer's scatter plot is not needed.
+    assert p1.index("S1 · slot 1 (gate 0.90)") < p1.index("S1 · slot 3 (gate 0.40)")
+    assert "slot 0" not in p1.replace("omics slot 0", "") and "blank background" not in p1
+    assert "percentile" in p1 and "× uniform" in p1
+    hot_panel, uniform_panel = (np.asarray(img.convert("RGB")) for img in _images(p1))
+    # Left of the colour bar is the cropped thumbnail; the 1-patch margin around the grid shows
+    # the tissue itself, untinted.
+    width = hot_panel.shape[1] - ov.COLOURBAR_PX
+    tissue = hot_panel[:, :width]
+    assert _near(tissue, TISSUE_RGB).sum() > 500
+    # The one patch with all of slot 1's attention is the only square in the top colour, at its
+    # place in the grid: column 1 of 8, row 2 of 5, inside a crop of one patch margin.
+    top = np.asarray(matplotlib.colormaps[ov.DEFAULT_CMAP](1.0)[:3]) * 255
+    hot_rgb = tuple(np.round(0.35 * np.array(TISSUE_RGB) + 0.65 * top).astype(int))
+    ys, xs = np.nonzero(_near(tissue, hot_rgb, tol=45))
+    assert len(ys) > 50
+    cell_x, cell_y = width / 10, tissue.shape[0] / 7  # grid + margins, in patches
+    assert abs(xs.mean() - 2.5 * cell_x) < 0.5 * cell_x
+    assert abs(ys.mean() - 3.5 * cell_y) < 0.5 * cell_y
+    assert xs.max() - xs.min() < 1.3 * cell_x  # one square, not a smear
+    # Slot 3 is uniform: no patch in the top colour.
+    assert _near(uniform_panel[:, :width], hot_rgb, tol=45).sum() < 10
+
+
+def test_attention_without_a_thumbnail_is_drawn_on_a_blank_background(page: str) -> None:
+    p5 = _patient(_section(page, "attention"), "P5")
+    assert "no tissue thumbnail" in p5 and "S5/thumbnail.png missing" in p5
+    assert p5.count("patches drawn on a blank background") == 2
+    for img in _images(p5):
+        rgb = np.asarray(img.convert("RGB"))
+        assert _near(rgb, TISSUE_RGB).sum() == 0  # no tissue image underneath
+        assert _near(rgb, (255, 255, 255), tol=6).sum() > 500
+
+
+def test_omics_slots_list_their_top_pathways(page: str) -> None:
+    attention = _section(page, "attention")
+    p1 = _patient(attention, "P1")
+    assert p1.index("omics slot 0 (gate 0.80)") < p1.index("omics slot 2 (gate 0.30)")
+    slot0 = p1[p1.index("omics slot 0") : p1.index("omics slot 2")]
+    assert slot0.index("&lt;b&gt;KEGG &amp; co&lt;/b&gt;") < slot0.index("REACTOME_APOPTOSIS")
+    assert "<b>KEGG" not in attention  # pathway names are escaped
+    assert "uniform = 17%" in p1  # 6 pathways
+    assert "No RNA-seq for this patient" in _patient(attention, "P5")
+    assert "No RNA-seq" not in p1
+
+
+def test_attention_falls_back_to_the_trainer_plot_without_a_record(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    args = make_run(root)
+    (root / "models" / "slotspe" / "seed_1" / "fold_0" / "attention" / "P1.npz").write_bytes(
+        b"truncated"
+    )
+    # ABMIL's record: one attention map over the patches, no slots, no gate, no omics.
+    abmil = root / "models" / "abmil" / "seed_1" / "fold_0" / "attention" / "P1.npz"
+    n = len(ATTN_COORDS)
+    write_attention_record(
+        abmil,
+        case_id="P1",
+        arrays={
+            "coords": ATTN_COORDS,
+            "patch_slide": np.zeros(n, np.int32),
+            "patch_attention": np.full(n, 1.0 / n),
+        },
+        slide_ids=["S1"],
+    )
+    attention = _section(build_report(**{**args, "attention_patients": 3}), "attention")
+    abmil_part = attention[attention.index("<h3>abmil, seed 1") :]
+    assert "(1 of 1 patients)" in abmil_part and "<b>S1</b><br>40 patches" in abmil_part
+    assert [img.format for img in _images(abmil_part)] == ["JPEG"]
+    assert "omics slot" not in abmil_part
+    attention = attention[: attention.index("<h3>abmil, seed 1")]
+    p2 = _patient(attention, "P2")
+    assert "no attention record (P2.npz) in fold_0/attention" in p2
+    assert "P2.png: the trainer&#x27;s plot of patch positions without the tissue" in p2
+    assert [img.format for img in _images(p2)] == ["PNG"]
+    p1 = _patient(attention, "P1")
+    assert "P1.npz: not a readable .npz" in p1 and "fallback" in p1
+    assert [img.format for img in _images(p1)] == ["PNG"]
 
 
 def test_slide_facts(page: str) -> None:
@@ -569,4 +718,6 @@ def test_cli_matches_the_rule(run_tree: dict, tmp_path: Path) -> None:
     assert cli.main(argv) == 0
     page = out.read_text()
     assert html.escape(EXTRACTION_REASON) in page
-    assert len(_images(_section(page, "attention"))) == 1
+    attention = _section(page, "attention")
+    assert "patient P1," in attention and "patient P5," not in attention
+    assert len(_images(attention)) == 2

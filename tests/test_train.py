@@ -269,6 +269,11 @@ def test_resolve_configs_precedence(tmp_path):
     )
     assert model_cfg == {"activation": "elu", "dropout": 0.5, "hidden": [64, 64]}
     assert train_cfg.lr == 0.001 and train_cfg.epochs == 9 and train_cfg.weight_decay == 0.3
+    assert train_cfg.cox_weight == 1.0  # the SNN recipe's ranking term
+    assert resolve_configs("snn", train_flags={"cox_weight": 0.0})[1].cox_weight == 0.0
+    assert resolve_configs("slotspe")[1].cox_weight == 0.0  # the paper's objective
+    with pytest.raises(ValueError, match="cox_weight"):
+        TrainConfig(cox_weight=-1.0)
     with pytest.raises(ValueError, match="learning_rate"):
         resolve_configs("snn", overrides=["train.learning_rate=1"])
     with pytest.raises(ValueError, match="optimizer"):
@@ -326,6 +331,30 @@ def test_snn_finds_planted_omics_signal(tmp_path, shuffle):
     else:
         oracle = _oracle_c(cohort_dir)  # ~0.78
         assert summary["c_index_mean"] > max(0.65, oracle - 0.1)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_slotspe_finds_planted_signal_with_and_without_omics(tmp_path, shuffle):
+    """Slides and RNA both carry the latent risk: SlotSPE must find it with both modalities and,
+    with the RNA withheld at evaluation, from the slides alone; shuffled labels stay near 0.5."""
+    cohort_dir = write_cohort(tmp_path, n_patients=90, shuffle_labels=shuffle, seed=3)
+    model_cfg, _ = resolve_configs("slotspe", overrides=TINY_SLOTSPE + ["omics_dropout=0.25"])
+    summary = run_cv(
+        load_cohort(cohort_dir),
+        tmp_path / "run",
+        model="slotspe",
+        model_config=model_cfg,
+        train_config=TrainConfig(epochs=10, lr=1e-3, batch_size=8, patches=32),
+        missing_omics=True,
+        write_attention=False,
+    )
+    if shuffle:
+        assert abs(summary["c_index_pooled"] - 0.5) < 0.12
+        assert abs(summary["c_index_missing_omics_pooled"] - 0.5) < 0.12
+    else:
+        oracle = _oracle_c(cohort_dir)
+        assert summary["c_index_mean"] > max(0.7, oracle - 0.15)
+        assert summary["c_index_missing_omics_mean"] > 0.65
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,13 +517,16 @@ def test_per_fold_jobs_then_aggregate_match_plain_cv(tmp_path, blca_cohort, caps
 
 @pytest.mark.slow
 def test_snn_on_real_blca(tmp_path, blca_cohort):
-    """The default SNN recipe on the published BLCA splits (fixed last epoch, seed 1)."""
+    """The default SNN recipe on the published BLCA splits, DSS, fixed last epoch, 3 seeds:
+    the issue's bar is the classical Cox level of 0.62-0.64 (measured: 0.642 +- 0.035)."""
     summary = run_cv(
         load_cohort(blca_cohort),
         tmp_path / "run",
         model="snn",
         model_config={},
         train_config=resolve_configs("snn")[1],
-        seeds=[1],
+        seeds=[1, 2, 3],
     )
-    assert summary["c_index_mean"] > 0.6
+    assert summary["c_index_mean"] >= 0.62
+    history = pd.read_csv(tmp_path / "run" / "seed_1" / "fold_0" / "history.csv")
+    assert (history["loss_cox"] > 0).all()  # the ranking term was trained on

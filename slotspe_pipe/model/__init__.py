@@ -14,7 +14,11 @@ import numpy as np
 from slotspe_pipe.model.base import ModelBatch, ModelOutput, SurvivalModel
 from slotspe_pipe.model.baselines import ABMILSurvival, SNNSurvival
 from slotspe_pipe.model.config import ABMILConfig, SlotSPEConfig, SNNConfig
-from slotspe_pipe.model.losses import nll_survival_loss, survival_from_logits
+from slotspe_pipe.model.losses import (
+    cox_partial_likelihood_loss,
+    nll_survival_loss,
+    survival_from_logits,
+)
 from slotspe_pipe.model.slotspe import SlotSPE
 
 MODEL_NAMES = ("slotspe", "snn", "abmil")
@@ -38,6 +42,7 @@ __all__ = [
     "SlotSPEConfig",
     "SurvivalModel",
     "build_model",
+    "cox_partial_likelihood_loss",
     "make_config",
     "nll_survival_loss",
     "survival_from_logits",

@@ -66,7 +66,7 @@ class _ConfigBase:
                 if value < 0:
                     raise ValueError(f"{type(self).__name__}.{f.name}: expected >= 0, got {value}")
                 object.__setattr__(self, f.name, float(value))  # ints from YAML/JSON become floats
-        for name in ("dropout", "drop_path", "snn_dropout", "alpha", "keep_ratio"):
+        for name in ("dropout", "drop_path", "snn_dropout", "alpha", "keep_ratio", "omics_dropout"):
             value = getattr(self, name, None)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{type(self).__name__}.{name}: expected in [0, 1], got {value}")
@@ -109,6 +109,11 @@ class SlotSPEConfig(_ConfigBase):
     snn_dropout: float = 0.25  # AlphaDropout in the per-pathway token networks
     alpha: float = 0.5  # NLL weight on the uncensored term (Zadeh & Schmid 2020)
     n_bins: int = 4  # C, discrete time bins
+    # Ours, 0 = the paper: the share of training patients WITH RNA whose pathway tokens are
+    # replaced by the joint (WSI-decoded) tokens for the survival path, as is done for patients
+    # without RNA. The paper trains the joint path by a 0.01-weighted MSE alone, so the survival
+    # head never sees decoded tokens; dropping the omics now and then teaches it to use them.
+    omics_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

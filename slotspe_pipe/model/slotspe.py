@@ -156,15 +156,23 @@ class SlotSPE(SurvivalModel):
                 omics = torch.where(present.unsqueeze(1), omics, omics.new_zeros(()))
             pathway_tokens = self.pathway_snn(omics)  # [B, P, d]
 
+        # Whose survival path reads the measured pathway tokens: everyone with RNA, less (in
+        # training) a random omics_dropout share, who get the WSI-decoded tokens instead.
+        use_measured = present
+        if self.training and self.config.omics_dropout > 0 and any_present:
+            kept = torch.rand(b, device=present.device) >= self.config.omics_dropout
+            use_measured = present & kept
+        all_measured = bool(use_measured.all())
+
         joint_tokens = None
-        if self.training or not all_present:
+        if self.training or not all_measured:
             joint_tokens = self._joint_tokens(wsi_tokens, wsi_mask)
         if pathway_tokens is None:
             omics_tokens = joint_tokens
-        elif all_present:
+        elif all_measured:
             omics_tokens = pathway_tokens
         else:
-            omics_tokens = torch.where(present[:, None, None], pathway_tokens, joint_tokens)
+            omics_tokens = torch.where(use_measured[:, None, None], pathway_tokens, joint_tokens)
 
         slots_wsi, attn_wsi = self.slots_wsi(wsi_tokens, wsi_mask)
         slots_omics, attn_omics = self.slots_omics(omics_tokens)
