@@ -861,6 +861,28 @@ class Cohort:
         rows = self.omics.patient_row
         return np.array([rows.get(c, -1) for c in case_ids], dtype=np.int64)
 
+    def fingerprint(self) -> str:
+        """sha256 over everything a model trained on this cohort learns from.
+
+        Why: a training fold resumes from (or reuses) its checkpoint only if the data are the
+        same, and a cohort rebuilt after re-tiling or re-extraction keeps its file paths while
+        its features change. Covered: the patient, fold and slide tables, the omics values, gene
+        and pathway lists, and each feature store's metadata (its zarr.json: encoder, weights
+        checksum, tiling settings hash, patch count), read without loading any features.
+        """
+        digest = hashlib.sha256()
+        for name in ("patients.csv", "folds.csv", "slides.csv"):
+            digest.update(sha256_file(self.path / name).encode())
+        if self.omics is not None:
+            om = self.omics
+            digest.update(np.ascontiguousarray(om.expression, dtype=np.float32).tobytes())
+            for values in (om.genes, om.pathways, om.pathway_gene_index, om.pathway_offsets):
+                digest.update(json.dumps(np.asarray(values).tolist()).encode())
+        for path in self.slides.get("features_path", pd.Series(dtype=str)):
+            meta = Path(path) / "zarr.json" if path else None
+            digest.update(sha256_file(meta).encode() if meta and meta.is_file() else b"absent")
+        return digest.hexdigest()
+
 
 def load_cohort(cohort_dir: str | Path) -> Cohort:
     """Load a cohort directory written by ``slotspe-pipe cohort``; checks it is consistent."""

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -418,6 +419,10 @@ class FoldRun:
     missing_omics: bool = False
     attention_png: int = 4
     write_attention: bool = True
+    # Cohort.fingerprint(): a fold is resumed or reused only on the same data.
+    data_fingerprint: str = ""
+    # A fold directory left by other settings or data: refuse (False) or discard and retrain.
+    replace_stale: bool = False
 
     def run_key(self) -> dict[str, Any]:
         """What must match for a fold directory to be resumed rather than refused."""
@@ -429,6 +434,7 @@ class FoldRun:
             "model_config": self.model_config,
             "train": train,
             "seed": self.seed,
+            "data": self.data_fingerprint,
         }
 
 
@@ -451,20 +457,16 @@ def run_fold(
 ) -> dict[str, Any]:
     """Train (or resume) and evaluate fold ``fold``; returns its metrics (also in metrics.json).
 
-    A fold whose metrics.json exists for the same run settings is not recomputed; one with
-    different settings is refused (use a new RUN_DIR).
+    A fold whose metrics.json exists for the same run settings and data is not recomputed; a
+    fold directory from other settings or data is refused, or with ``run.replace_stale``
+    discarded and retrained.
     """
     fold_dir = Path(fold_dir)
     metrics_path = fold_dir / METRICS
+    _clear_stale(fold_dir, run)
     if metrics_path.is_file():
-        done = json.loads(metrics_path.read_text())
-        if done.get("run_key") == json_clean(run.run_key()):
-            log.info("fold %d: already evaluated in %s, skipping", fold, fold_dir)
-            return done
-        raise ValueError(
-            f"{metrics_path}: this fold was run with different settings ({done.get('run_key')}); "
-            "write to a new RUN_DIR or delete the fold directory"
-        )
+        log.info("fold %d: already evaluated in %s, skipping", fold, fold_dir)
+        return json.loads(metrics_path.read_text())
     fold_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if run.model_name == "coxph":
@@ -487,6 +489,28 @@ def run_fold(
         metrics["events_val"],
     )
     return json.loads(metrics_path.read_text())
+
+
+def _clear_stale(fold_dir: Path, run: FoldRun) -> None:
+    """Refuse, or with ``run.replace_stale`` delete, a fold directory whose metrics or
+    checkpoint came from other settings or data (mixing them would silently report a model
+    that was not trained on what the run says)."""
+    key = json_clean(run.run_key())
+    stale = []
+    metrics_path, ckpt_path = fold_dir / METRICS, fold_dir / CHECKPOINT
+    if metrics_path.is_file() and json.loads(metrics_path.read_text()).get("run_key") != key:
+        stale.append(metrics_path)
+    if ckpt_path.is_file() and load_checkpoint(ckpt_path).get("run_key") != key:
+        stale.append(ckpt_path)
+    if not stale:
+        return
+    if not run.replace_stale:
+        raise ValueError(
+            f"{stale[0]}: this fold was run with different settings or data; write to a new "
+            "RUN_DIR, delete the fold directory, or pass --replace-stale"
+        )
+    log.warning("fold directory %s: from other settings or data, discarding it", fold_dir)
+    shutil.rmtree(fold_dir)
 
 
 def _coxph_fold(data: FoldData, run: FoldRun, fold_dir: Path) -> FoldOutcome:
@@ -547,12 +571,7 @@ def _torch_fold(
         data.train, n_patches=cfg.patches, seed=fold_seed, wsi_scaler=data.wsi_scaler
     )
     val_ds = SurvivalDataset(data.val, n_patches=None, seed=fold_seed, wsi_scaler=data.wsi_scaler)
-    state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
-    if state is not None and state.get("run_key") != json_clean(run.run_key()):
-        raise ValueError(
-            f"{ckpt_path}: checkpoint was trained with different settings; write to a new RUN_DIR "
-            "or delete the fold directory"
-        )
+    state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None  # run_fold checked it
     meta = {
         "run_key": json_clean(run.run_key()),
         "model_name": run.model_name,
@@ -1197,6 +1216,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     o.add_argument(
         "--no-attention", action="store_true", help="do not write per-patient attention records"
     )
+    o.add_argument(
+        "--replace-stale",
+        action="store_true",
+        help="retrain fold directories left by other settings or cohort data (default: refuse); "
+        "the workflow passes it, since Snakemake only reruns a fold when something changed",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -1244,6 +1269,7 @@ def run_cli(args: argparse.Namespace) -> int:
             missing_omics=args.missing_omics,
             attention_png=args.attention_png,
             write_attention=not args.no_attention,
+            replace_stale=args.replace_stale,
         )
     except (CohortError, StoreError, ValueError, FileNotFoundError) as exc:
         print(f"slotspe-pipe cv: error: {exc}", file=sys.stderr)
@@ -1271,11 +1297,13 @@ def run_cv(
     missing_omics: bool = False,
     attention_png: int = 4,
     write_attention: bool = True,
+    replace_stale: bool = False,
 ) -> dict[str, Any] | None:
     """Run the folds (all, or ``folds``) for each seed, then pool them when all are done.
 
     Layout: one seed -> RUN_DIR/fold_K; several -> RUN_DIR/seed_S/fold_K plus a pooled
     RUN_DIR/summary.json. Returns the summary, or None when only some folds were run.
+    ``replace_stale``: retrain folds left by other settings or data instead of refusing.
     """
     if model not in CV_MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {CV_MODELS}")
@@ -1294,6 +1322,7 @@ def run_cv(
             f"{cohort.path}/folds.csv: folds must be numbered 0..K-1, found {all_folds}"
         )
     if not aggregate_only:
+        fingerprint = cohort.fingerprint()
         for seed, seed_dir in zip(seeds, seed_dirs, strict=True):
             run = FoldRun(
                 model_name=model,
@@ -1305,6 +1334,8 @@ def run_cv(
                 missing_omics=missing_omics,
                 attention_png=attention_png,
                 write_attention=write_attention,
+                data_fingerprint=fingerprint,
+                replace_stale=replace_stale,
             )
             for k in folds if folds is not None else all_folds:
                 run_fold(cohort, k, run, seed_dir / f"fold_{k}")

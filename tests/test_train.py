@@ -4,6 +4,7 @@ learning checks on synthetic cohorts with a planted signal and on real TCGA-BLCA
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -490,6 +491,29 @@ def test_interrupted_fold_resumes_to_the_same_model(tmp_path, multimodal, monkey
     other = FoldRun(**{**run.__dict__, "train_config": TrainConfig(epochs=5, patches=16)})
     with pytest.raises(ValueError, match="different settings"):
         run_fold(cohort, 0, other, tmp_path / "straight")
+
+    # Same settings, other data (a rebuilt cohort), metrics deleted as Snakemake does before a
+    # rerun: the finished checkpoint must not be reused for the new data.
+    (tmp_path / "straight" / "metrics.json").unlink()
+    new_data = FoldRun(**{**run.__dict__, "data_fingerprint": "another cohort"})
+    with pytest.raises(ValueError, match="checkpoint.pt: this fold was run with different"):
+        run_fold(cohort, 0, new_data, tmp_path / "straight")
+    replaced = FoldRun(**{**new_data.__dict__, "replace_stale": True})
+    run_fold(cohort, 0, replaced, tmp_path / "straight")
+    ckpt = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    assert ckpt["run_key"]["data"] == "another cohort" and ckpt["epoch"] == 4
+
+
+def test_cohort_fingerprint_follows_the_features(tmp_path):
+    cohort_dir = write_cohort(tmp_path, n_patients=8, n_folds=2)
+    before = load_cohort(cohort_dir).fingerprint()
+    assert load_cohort(cohort_dir).fingerprint() == before  # deterministic
+    store = Path(load_cohort(cohort_dir).slides.features_path.iloc[0])
+    reader = FeatureReader(store)
+    feats, coords, attrs = reader.features(), reader.coords(), dict(reader.attrs)
+    shutil.rmtree(store)  # re-extracted with other tiling: same path, other patches
+    write_features(store, feats[:-1], coords[:-1], {**attrs, "tiles_settings_hash": "other"})
+    assert load_cohort(cohort_dir).fingerprint() != before
 
 
 def test_per_fold_jobs_then_aggregate_match_plain_cv(tmp_path, blca_cohort, capsys):

@@ -180,6 +180,16 @@ def test_real_run_of_test_config(tmp_path):
         summary = workdir / "results" / "models" / "ci" / model / "seed_1" / "summary.json"
         data = json.loads(summary.read_text())
         assert 0.0 <= data["c_index_mean"] <= 1.0
+    # Each trained fold records the data it learned from, so a rerun on a rebuilt cohort
+    # (e.g. after re-tiling) retrains instead of reusing the old checkpoint.
+    from slotspe_pipe.cohort import load_cohort
+    from slotspe_pipe.train import load_checkpoint
+
+    fingerprint = load_cohort(workdir / "results" / "cohort" / "ci").fingerprint()
+    checkpoints = list((workdir / "results" / "models" / "ci").glob("*/seed_1/fold_*/*.pt"))
+    assert checkpoints
+    for ckpt in checkpoints:
+        assert load_checkpoint(ckpt)["run_key"]["data"] == fingerprint, ckpt
 
     # Changed tiling settings recompute tiles and everything downstream, and nothing else.
     changed = yaml.safe_load((REPO_ROOT / ".test" / "config.yaml").read_text())

@@ -198,14 +198,23 @@ def cohort_args(wildcards, input):
 TRAIN = config["training"]
 
 
+# training.epochs/patches/batch_size size the slide models' training; the omics-only SNN keeps
+# its own recipe (train.py TRAIN_DEFAULTS: batch 32 matters to its Cox ranking term) unless
+# model_config.snn sets train.<key>; coxph has no epochs.
+SLIDE_MODELS = ("slotspe", "abmil")
+
+
 def train_args(wildcards):
     args = [
-        f"--epochs {TRAIN.get('epochs', 30)}",
         f"--device {TRAIN.get('device', 'cpu')}",
-        f"--patches {TRAIN.get('patches', 4096)}",
-        f"--batch-size {TRAIN.get('batch_size', 32)}",
         f"--time-bins {TRAIN.get('time_bins', 'quantile')}",
     ]
+    if wildcards.model in SLIDE_MODELS:
+        args += [
+            f"--epochs {TRAIN.get('epochs', 30)}",
+            f"--patches {TRAIN.get('patches', 4096)}",
+            f"--batch-size {TRAIN.get('batch_size', 32)}",
+        ]
     overrides = TRAIN.get("model_config", {}).get(wildcards.model, {})
     args += [f"--set {key}={value}" for key, value in overrides.items()]
     if wildcards.model == "slotspe" and TRAIN.get("missing_omics_eval", True):

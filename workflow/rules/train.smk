@@ -19,7 +19,7 @@ rule train:
         args=train_args,
     shell:
         "python -m slotspe_pipe cv {input.cohort} --model {wildcards.model} --seed {wildcards.seed}"
-        " --fold {wildcards.fold} {params.args} -o {params.run} > {log} 2>&1"
+        " --fold {wildcards.fold} {params.args} --replace-stale -o {params.run} > {log} 2>&1"
 
 
 rule evaluate:
