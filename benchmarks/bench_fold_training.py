@@ -38,7 +38,7 @@ def write_synthetic_cohort(root: Path, n_patients: int, patches: int, dim: int, 
     from tqdm import tqdm
 
     from slotspe_pipe.cohort import CohortConfig, assemble_cohort
-    from slotspe_pipe.store.features import write_features
+    from slotspe_pipe.store.features import synthetic_attrs, write_features
 
     rng = np.random.default_rng(seed)
     cases = [f"BENCH-{i:04d}" for i in range(n_patients)]
@@ -74,16 +74,7 @@ def write_synthetic_cohort(root: Path, n_patients: int, patches: int, dim: int, 
             root / "features" / f"{slide_id}.zarr",
             feats.astype(np.float16),
             coords,
-            {
-                "slide_id": slide_id,
-                "encoder": "synthetic",
-                "embedding_dim": dim,
-                "weights": "none",
-                "input_size": 224,
-                "normalization": "none",
-                "precision": "float16",
-                "tiles_settings_hash": "bench",
-            },
+            synthetic_attrs(slide_id, dim, "bench"),
         )
         sheet.append({"slide_id": slide_id, "patient_id": case})
     pd.DataFrame(sheet).to_csv(root / "slides.csv", index=False)

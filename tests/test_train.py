@@ -23,7 +23,7 @@ from slotspe_pipe.dataset import (
     build_fold_data,
     collate_patients,
 )
-from slotspe_pipe.store.features import FeatureReader, write_features
+from slotspe_pipe.store.features import FeatureReader, synthetic_attrs, write_features
 from slotspe_pipe.train import (
     FoldRun,
     TrainConfig,
@@ -124,16 +124,7 @@ def write_cohort(
                     root / "features" / f"{slide_id}.zarr",
                     feats.astype(np.float16),
                     coords,
-                    {
-                        "slide_id": slide_id,
-                        "encoder": "synthetic",
-                        "embedding_dim": dim,
-                        "weights": "none",
-                        "input_size": 224,
-                        "normalization": "none",
-                        "precision": "float16",
-                        "tiles_settings_hash": "test",
-                    },
+                    synthetic_attrs(slide_id, dim, "test"),
                 )
                 rows.append({"slide_id": slide_id, "patient_id": case})
         pd.DataFrame(rows).to_csv(root / "slides.csv", index=False)

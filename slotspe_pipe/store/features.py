@@ -29,6 +29,21 @@ REQUIRED_ATTRS = (
 )
 
 
+def synthetic_attrs(slide_id: str, dim: int, tiles_settings_hash: str) -> dict[str, Any]:
+    """Every required attribute for a store of made-up features (tests, benchmarks): encoder
+    "synthetic", no weights, no normalisation, so such a store can never pass for a real one."""
+    return {
+        "slide_id": slide_id,
+        "encoder": "synthetic",
+        "embedding_dim": int(dim),
+        "weights": "none",
+        "input_size": 224,
+        "normalization": "none",
+        "precision": "float16",
+        "tiles_settings_hash": tiles_settings_hash,
+    }
+
+
 def write_features(
     path: str | os.PathLike[str],
     features: np.ndarray,
