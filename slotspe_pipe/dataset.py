@@ -9,12 +9,13 @@ not by the cohort.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -93,6 +94,21 @@ class PatientRecords:
 
     def __len__(self) -> int:
         return len(self.case_ids)
+
+    def subset(self, rows: np.ndarray) -> PatientRecords:
+        """The records of ``rows`` (indices or a boolean mask), in that order."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+
+        def pick(values: Any) -> Any:
+            if values is None:
+                return None
+            if isinstance(values, np.ndarray):
+                return values[rows]
+            return tuple(values[i] for i in rows)
+
+        return PatientRecords(
+            **{f.name: pick(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        )
 
 
 class SurvivalDataset(Dataset):

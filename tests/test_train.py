@@ -262,6 +262,10 @@ def test_resolve_configs_precedence(tmp_path):
     assert model_cfg == {"activation": "elu", "dropout": 0.5, "hidden": [64, 64]}
     assert train_cfg.lr == 0.001 and train_cfg.epochs == 9 and train_cfg.weight_decay == 0.3
     assert train_cfg.cox_weight == 1.0  # the SNN recipe's ranking term
+    assert train_cfg.calibration_holdout == 0.2  # and its held-out recalibration
+    assert resolve_configs("abmil")[1].calibration_holdout == 0.0  # doubles cost: opt-in
+    with pytest.raises(ValueError, match="calibration_holdout"):
+        TrainConfig(calibration_holdout=0.6)
     assert resolve_configs("snn", train_flags={"cox_weight": 0.0})[1].cox_weight == 0.0
     assert resolve_configs("slotspe")[1].cox_weight == 0.0  # the paper's objective
     with pytest.raises(ValueError, match="cox_weight"):
@@ -543,5 +547,14 @@ def test_snn_on_real_blca(tmp_path, blca_cohort):
         seeds=[1, 2, 3],
     )
     assert summary["c_index_mean"] >= 0.62
-    history = pd.read_csv(tmp_path / "run" / "seed_1" / "fold_0" / "history.csv")
+    fold_dir = tmp_path / "run" / "seed_1" / "fold_0"
+    history = pd.read_csv(fold_dir / "history.csv")
     assert (history["loss_cox"] > 0).all()  # the ranking term was trained on
+    # Recalibrated on held-out TRAINING patients, the curves are no worse than Kaplan-Meier's
+    # (measured 0.225 vs 0.224; 0.29 without the recalibration).
+    assert summary["ibs_mean"] < summary["ibs_km_reference_mean"] + 0.02
+    calibration = json.loads((fold_dir / "calibration" / "calibration.json").read_text())["all"]
+    metrics = json.loads((fold_dir / "metrics.json").read_text())
+    n_train = 359 - metrics["n_val"]
+    assert abs(calibration["holdout_patients"] - 0.2 * n_train) <= 1  # from training only
+    assert calibration["temperature"] > 1.5  # the raw network is overconfident
