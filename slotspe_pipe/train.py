@@ -564,6 +564,8 @@ def _build_fold_model(run: FoldRun, data: FoldData) -> Any:
 def _calibrated(pred: Predictions, calibration: Any) -> Predictions:
     from slotspe_pipe.calibration import risk_from_hazards
 
+    if calibration.is_identity:
+        return pred
     hazards = calibration.apply(pred.hazards)
     return Predictions(risk=risk_from_hazards(hazards), hazards=hazards)
 
@@ -584,10 +586,16 @@ def _fold_calibration(
     ``fold_dir/calibration/`` (resumed and reused like the main model). Returns
     {"all": map, "missing_omics": map or None}.
     """
-    from slotspe_pipe.calibration import HazardCalibration, fit_calibration, holdout_mask
+    from slotspe_pipe.calibration import (
+        MIN_HOLDOUT_EVENTS,
+        HazardCalibration,
+        fit_calibration,
+        holdout_mask,
+    )
 
     out_dir = fold_dir / CALIBRATION_DIR
     maps_path = out_dir / "calibration.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
     if maps_path.is_file():
         saved = json.loads(maps_path.read_text())
         return {k: None if v is None else HazardCalibration.from_dict(v) for k, v in saved.items()}
@@ -595,13 +603,22 @@ def _fold_calibration(
     seed = derived_seed(run.seed, fold, _CALIBRATION_SALT)
     held = holdout_mask(data.train.event, cfg.calibration_holdout, seed)
     fit_part, held_part = data.train.subset(~held), data.train.subset(held)
+    held_events = int(held_part.event.sum())
+    if held_events < MIN_HOLDOUT_EVENTS:
+        reason = (
+            f"{held_events} deaths among the {len(held_part)} held-out training patients "
+            f"(< {MIN_HOLDOUT_EVENTS}): too few to fit a calibration; hazards left as trained"
+        )
+        log.warning("fold %d: %s", fold, reason)
+        skipped = HazardCalibration(details={"skipped": reason})
+        write_json(maps_path, {"all": skipped.to_dict(), "missing_omics": None})
+        return {"all": skipped, "missing_omics": None}
     seed_everything(seed)
     model = _build_fold_model(run, data)
     inner_run = dataclasses.replace(run, seed=seed)
     fit_ds = SurvivalDataset(fit_part, n_patches=cfg.patches, seed=seed, wsi_scaler=data.wsi_scaler)
     held_ds = SurvivalDataset(held_part, n_patches=None, seed=seed, wsi_scaler=data.wsi_scaler)
     ckpt_path = out_dir / CHECKPOINT
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
     log.info(
         "fold %d: calibration model on %d training patients, %d held out (%d deaths)",

@@ -353,6 +353,28 @@ def test_slotspe_finds_planted_signal_with_and_without_omics(tmp_path, shuffle):
         assert summary["c_index_missing_omics_mean"] > 0.65
 
 
+def test_calibration_is_skipped_when_too_few_deaths_are_held_out(tmp_path):
+    """A small cohort leaves a handful of held-out deaths: no map is fitted (five parameters would
+    chase noise), no second model is trained, and the predictions are the model's own."""
+    cohort = load_cohort(write_cohort(tmp_path, n_patients=45, slides=False, seed=4))
+    runs = {}
+    for holdout in (0.0, 0.2):
+        runs[holdout] = tmp_path / f"run_{holdout}"
+        run_cv(
+            cohort,
+            runs[holdout],
+            model="snn",
+            model_config={},
+            train_config=TrainConfig(epochs=2, calibration_holdout=holdout),
+        )
+    saved = json.loads((runs[0.2] / "fold_0" / "calibration" / "calibration.json").read_text())
+    assert "too few to fit" in saved["all"]["skipped"]
+    assert not (runs[0.2] / "fold_0" / "calibration" / "checkpoint.pt").exists()
+    a = pd.read_csv(runs[0.0] / "predictions.csv")
+    b = pd.read_csv(runs[0.2] / "predictions.csv")
+    np.testing.assert_array_equal(a.risk, b.risk)
+
+
 # ----------------------------------------------------------------------------------------------
 # SlotSPE end to end: outputs, checkpoint, missing omics, attention
 # ----------------------------------------------------------------------------------------------
