@@ -58,3 +58,15 @@ def tmp_copy(tmp_path: Path):
         return dst
 
     return _copy
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a busy shared machine, and extra
+    threads gain nothing at these sizes. Modules opt in with ``pytestmark``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

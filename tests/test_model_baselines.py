@@ -8,14 +8,7 @@ import torch
 
 from slotspe_pipe.model import ABMILConfig, ModelBatch, SNNConfig, build_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _wsi_batch(seed: int = 0) -> ModelBatch:

@@ -24,14 +24,7 @@ from slotspe_pipe.model.losses import row_cosine_similarity
 from slotspe_pipe.model.pathway_tokens import GroupedPathwaySNN
 from slotspe_pipe.model.slot_attention import MultiHeadSlotAttention, compete_and_normalize
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- losses
