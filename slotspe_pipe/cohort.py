@@ -878,7 +878,7 @@ class Cohort:
             digest.update(np.ascontiguousarray(om.expression, dtype=np.float32).tobytes())
             for values in (om.genes, om.pathways, om.pathway_gene_index, om.pathway_offsets):
                 digest.update(json.dumps(np.asarray(values).tolist()).encode())
-        for path in self.slides.get("features_path", pd.Series(dtype=str)):
+        for path in self.slides.features_path:
             meta = Path(path) / "zarr.json" if path else None
             digest.update(sha256_file(meta).encode() if meta and meta.is_file() else b"absent")
         return digest.hexdigest()

@@ -42,6 +42,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from slotspe_pipe.calibration import (
+    MIN_HOLDOUT_EVENTS,
+    HazardCalibration,
+    fit_calibration,
+    holdout_mask,
+    risk_from_hazards,
+)
 from slotspe_pipe.dataset import (
     OMICS_INPUTS,
     EpochBatchSampler,
@@ -472,7 +479,7 @@ def run_fold(
     """
     fold_dir = Path(fold_dir)
     metrics_path = fold_dir / METRICS
-    _clear_stale(fold_dir, run)
+    state = _current_checkpoint(fold_dir, run)
     if metrics_path.is_file():
         log.info("fold %d: already evaluated in %s, skipping", fold, fold_dir)
         return json.loads(metrics_path.read_text())
@@ -484,7 +491,7 @@ def run_fold(
         )
         outcome = _coxph_fold(data, run, fold_dir)
     else:
-        outcome, data = _torch_fold(cohort, fold, run, fold_dir)
+        outcome, data = _torch_fold(cohort, fold, run, fold_dir, state)
     metrics = _evaluate_fold(data, outcome, run, fold_dir)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(metrics_path, json_clean(metrics))
@@ -500,19 +507,23 @@ def run_fold(
     return json.loads(metrics_path.read_text())
 
 
-def _clear_stale(fold_dir: Path, run: FoldRun) -> None:
-    """Refuse, or with ``run.replace_stale`` delete, a fold directory whose metrics or
-    checkpoint came from other settings or data (mixing them would silently report a model
-    that was not trained on what the run says)."""
+def _current_checkpoint(fold_dir: Path, run: FoldRun) -> dict[str, Any] | None:
+    """The fold's checkpoint when it belongs to this run (loaded once, for resuming), else None.
+
+    A fold directory whose metrics or checkpoint came from other settings or data is refused,
+    or with ``run.replace_stale`` deleted: mixing them would silently report a model that was
+    not trained on what the run says.
+    """
     key = json_clean(run.run_key())
     stale = []
     metrics_path, ckpt_path = fold_dir / METRICS, fold_dir / CHECKPOINT
     if metrics_path.is_file() and json.loads(metrics_path.read_text()).get("run_key") != key:
         stale.append(metrics_path)
-    if ckpt_path.is_file() and load_checkpoint(ckpt_path).get("run_key") != key:
+    state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if state is not None and state.get("run_key") != key:
         stale.append(ckpt_path)
     if not stale:
-        return
+        return state
     if not run.replace_stale:
         raise ValueError(
             f"{stale[0]}: this fold was run with different settings or data; write to a new "
@@ -520,6 +531,7 @@ def _clear_stale(fold_dir: Path, run: FoldRun) -> None:
         )
     log.warning("fold directory %s: from other settings or data, discarding it", fold_dir)
     shutil.rmtree(fold_dir)
+    return None
 
 
 def _coxph_fold(data: FoldData, run: FoldRun, fold_dir: Path) -> FoldOutcome:
@@ -561,9 +573,7 @@ def _build_fold_model(run: FoldRun, data: FoldData) -> Any:
     ).to(run.device)
 
 
-def _calibrated(pred: Predictions, calibration: Any) -> Predictions:
-    from slotspe_pipe.calibration import risk_from_hazards
-
+def _calibrated(pred: Predictions, calibration: HazardCalibration) -> Predictions:
     if calibration.is_identity:
         return pred
     hazards = calibration.apply(pred.hazards)
@@ -586,13 +596,6 @@ def _fold_calibration(
     ``fold_dir/calibration/`` (resumed and reused like the main model). Returns
     {"all": map, "missing_omics": map or None}.
     """
-    from slotspe_pipe.calibration import (
-        MIN_HOLDOUT_EVENTS,
-        HazardCalibration,
-        fit_calibration,
-        holdout_mask,
-    )
-
     out_dir = fold_dir / CALIBRATION_DIR
     maps_path = out_dir / "calibration.json"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -625,7 +628,7 @@ def _fold_calibration(
         fold,
         len(fit_part),
         len(held_part),
-        int(held_part.event.sum()),
+        held_events,
     )
     if state is None or state.get("status") != "complete":
         fit_model(
@@ -653,8 +656,9 @@ def _fold_calibration(
 
 
 def _torch_fold(
-    cohort: Any, fold: int, run: FoldRun, fold_dir: Path
+    cohort: Any, fold: int, run: FoldRun, fold_dir: Path, state: dict[str, Any] | None
 ) -> tuple[FoldOutcome, FoldData]:
+    """Train (or resume from ``state``, the fold's current checkpoint) and predict one fold."""
     cfg = run.train_config
     modalities = model_modalities()[run.model_name]
     data = build_fold_data(
@@ -675,7 +679,6 @@ def _torch_fold(
         data.train, n_patches=cfg.patches, seed=fold_seed, wsi_scaler=data.wsi_scaler
     )
     val_ds = SurvivalDataset(data.val, n_patches=None, seed=fold_seed, wsi_scaler=data.wsi_scaler)
-    state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None  # run_fold checked it
     meta = {
         "run_key": json_clean(run.run_key()),
         "model_name": run.model_name,
